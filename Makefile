@@ -1,0 +1,48 @@
+# tally: the two commands a newcomer needs are `make demo` and `make test`.
+# Every target only wraps cargo and the scripts beside it; `make` alone lists them.
+
+SHELL := bash
+.DEFAULT_GOAL := help
+CARGO ?= cargo
+
+.PHONY: help
+help: ## List the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+.PHONY: deps
+deps: ## Install redis-server and PostgreSQL's server if missing (Debian, as root)
+	@scripts/ensure-deps.sh
+
+.PHONY: build
+build: ## Build every crate (debug)
+	$(CARGO) build --workspace --all-targets
+
+.PHONY: test
+test: deps ## Run all tests against throwaway Redis and PostgreSQL servers
+	$(CARGO) test --workspace --all-targets --no-fail-fast
+
+.PHONY: lint
+lint: ## cargo fmt --check and clippy with warnings as errors
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+.PHONY: fmt
+fmt: ## Format the code
+	$(CARGO) fmt --all
+
+.PHONY: demo
+demo: deps ## Play a whole matchday through the real services on private Redis and PostgreSQL
+	$(CARGO) build --release --bins
+	./target/release/tally demo
+
+.PHONY: bench
+bench: deps ## Queue benchmark beside BullMQ, and the pipeline benchmark; figures go to docs/BENCHMARKS.md
+	scripts/bench.sh
+
+.PHONY: check-deploy
+check-deploy: ## Lint the Dockerfile and compose file, render and validate the Kubernetes manifests offline
+	scripts/validate-deploy.sh
+
+.PHONY: clean-state
+clean-state: ## Remove the demo's local state directory
+	rm -rf .state
