@@ -32,8 +32,7 @@ fmt: ## Format the code
 
 .PHONY: demo
 demo: deps ## Play a whole matchday through the real services on private Redis and PostgreSQL
-	$(CARGO) build --release --bins
-	./target/release/tally demo
+	scripts/demo.sh
 
 .PHONY: bench
 bench: deps ## Queue benchmark beside BullMQ, and the pipeline benchmark; figures go to docs/BENCHMARKS.md

@@ -1,0 +1,54 @@
+//! cron-gateway binary: settings, telemetry, serve until SIGTERM/SIGINT.
+//! All logic lives in the library (`cron_gateway::Application`).
+
+use std::process::ExitCode;
+
+use cron_gateway::{Application, Settings};
+use tally_service::{Env, shutdown_signal};
+
+const HELP: &str = "\
+cron-gateway: the endpoint the Kubernetes CronJob calls to refresh leaderboards and standings.
+
+Routes: GET|POST /api/cron/update-stats[?scope=all|leaderboard|standings] (Authorization: Bearer <CRON_SECRET>),
+        /healthz, /readyz, /metrics
+
+Environment:
+  CRON_SECRET            required, at least 16 characters
+  BIND_ADDR              listen address (default 0.0.0.0:8080)
+  REDIS_URL              queue Redis (default redis://127.0.0.1:6379)
+  TALLY_QUEUE_PREFIX     queue key prefix (default tally)
+  MAX_BODY_BYTES         larger bodies get 413 (default 4096)
+  SHUTDOWN_TIMEOUT_SECS  drain time for in-flight requests (default 10)
+  RUST_LOG, LOG_FORMAT=text|json, SENTRY_DSN, OTEL_EXPORTER_OTLP_ENDPOINT  telemetry (optional)";
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    if std::env::args().any(|a| a == "--help" || a == "-h") {
+        println!("{HELP}");
+        return ExitCode::SUCCESS;
+    }
+    let settings = match Settings::from_env(&Env::process()) {
+        Ok(settings) => settings,
+        Err(e) => {
+            eprintln!("cron-gateway: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let _telemetry = tally_service::init_telemetry("cron-gateway");
+    tracing::info!(settings = %settings.summary(), "starting cron-gateway");
+    let result = match Application::build(settings).await {
+        Ok(app) => {
+            tracing::info!(addr = %app.addr(), "listening");
+            app.run_until(shutdown_signal()).await.map_err(anyhow::Error::from)
+        }
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "cron-gateway failed");
+            eprintln!("cron-gateway: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

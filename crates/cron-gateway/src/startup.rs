@@ -1,0 +1,126 @@
+//! Building and running the gateway: connect the producer, bind, serve until
+//! the shutdown future resolves, then drain in-flight requests.
+
+use std::{future::Future, net::SocketAddr, time::Instant};
+
+use actix_web::{
+    App, HttpServer,
+    body::MessageBody,
+    dev::{ServiceRequest, ServiceResponse},
+    middleware::{Next, from_fn},
+    web,
+};
+use tally_queue::{Producer, QueueClient, QueueConfig};
+use tally_service::ReadinessCheck;
+
+use crate::{Settings, auth::CronSecret, routes};
+
+/// What every request handler can reach.
+#[derive(Debug)]
+pub struct AppState {
+    /// Enqueues `RefreshViews`.
+    pub producer: Producer,
+    /// The configured cron secret.
+    pub secret: CronSecret,
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+}
+
+/// A bound, not yet running gateway.
+pub struct Application {
+    server: actix_web::dev::Server,
+    addr: SocketAddr,
+}
+
+impl std::fmt::Debug for Application {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Application")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Records request count and latency per route pattern (not per raw path, so
+/// a scanner cannot blow up the metric's cardinality).
+async fn record_metrics(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let started = Instant::now();
+    let method = req.method().to_string();
+    let route = req.match_pattern().unwrap_or_else(|| "unmatched".to_owned());
+    let response = next.call(req).await?;
+    let status = response.status();
+    if status.is_server_error() {
+        // An error-level event: the Sentry layer turns it into an event.
+        tracing::error!(%status, %method, %route, "cron-gateway answered with a server error");
+    }
+    let labels = [
+        ("route", route),
+        ("method", method),
+        ("status", status.as_u16().to_string()),
+    ];
+    metrics::counter!("tally_http_requests_total", &labels).increment(1);
+    metrics::histogram!("tally_http_request_duration_seconds", &labels).record(started.elapsed().as_secs_f64());
+    Ok(response)
+}
+
+impl Application {
+    /// Connects to Redis and binds the listener (`BIND_ADDR` port 0 picks a
+    /// free port, as tests do). Redis being down at start is not fatal: the
+    /// gateway answers 503 until it is back.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let client = QueueClient::new(&settings.redis_url, QueueConfig::with_prefix(&settings.queue_prefix))?;
+        if let Err(e) = client.ping().await {
+            tracing::warn!(error = %e, "redis not reachable yet; answering 503 until it is");
+        }
+        let readiness_client = client.clone();
+        let checks = vec![ReadinessCheck::new("redis", move || {
+            let client = readiness_client.clone();
+            Box::pin(async move { client.ping().await.map_err(|e| e.to_string()) })
+        })];
+        let producer = Producer::new(client);
+        let state = web::Data::new(AppState {
+            producer,
+            secret: settings.cron_secret.clone(),
+            max_body_bytes: settings.max_body_bytes,
+        });
+        let server = HttpServer::new(move || {
+            App::new()
+                .wrap(from_fn(record_metrics))
+                .app_data(state.clone())
+                .configure(tally_service::health::configure(checks.clone()))
+                .service(
+                    web::resource("/api/cron/update-stats")
+                        .route(web::get().to(routes::update_stats))
+                        .route(web::post().to(routes::update_stats))
+                        .default_service(web::to(routes::method_not_allowed)),
+                )
+                .default_service(web::to(routes::not_found))
+        })
+        .disable_signals()
+        .shutdown_timeout(settings.shutdown_timeout.as_secs())
+        .bind(settings.bind_addr)?;
+        let addr = server.addrs().first().copied().unwrap_or(settings.bind_addr);
+        Ok(Application {
+            server: server.run(),
+            addr,
+        })
+    }
+
+    /// The bound address (useful when `BIND_ADDR` had port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting and lets
+    /// in-flight requests finish within `SHUTDOWN_TIMEOUT_SECS`.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
+        let handle = self.server.handle();
+        let server = tokio::spawn(self.server);
+        shutdown.await;
+        tracing::info!("stopping: draining in-flight requests");
+        handle.stop(true).await;
+        server.await.map_err(std::io::Error::other)?
+    }
+}

@@ -1,0 +1,48 @@
+//! scoring-worker: consumes the `scoring` queue.
+//!
+//! `ScoreMatch` scores every prediction of a finished match (idempotent in
+//! the store), then enqueues `CalculatePoints` for it. The next job is
+//! enqueued only after the scores are committed, which is what orders the
+//! pipeline: no sleeps. A crash between the commit and the enqueue is
+//! harmless: the job is recovered, scoring again changes nothing, and the
+//! enqueue happens then.
+
+use tally_jobs::{CalculatePoints, Job, Priority, ScoreMatch};
+use tally_queue::{EnqueueOptions, JobContext, JobError, WorkerBuilder};
+use tally_service::{WorkerDeps, observe, worker::store_job_error};
+
+/// The queue this worker consumes.
+pub const QUEUE: &str = ScoreMatch::QUEUE;
+
+/// Registers the `ScoreMatch` handler.
+pub fn register(builder: WorkerBuilder, deps: WorkerDeps) -> WorkerBuilder {
+    builder.handle(observe::traced(move |job: ScoreMatch, ctx: JobContext| {
+        let deps = deps.clone();
+        async move { score_match(&deps, &job, &ctx).await }
+    }))
+}
+
+/// Scores the match's predictions, then chains `CalculatePoints`.
+pub async fn score_match(deps: &WorkerDeps, job: &ScoreMatch, ctx: &JobContext) -> Result<(), JobError> {
+    let outcome = deps
+        .store
+        .score_match(job.match_id)
+        .await
+        .map_err(|e| store_job_error(&e))?;
+    tracing::info!(match_id = job.match_id, attempt = ctx.attempt, ?outcome, "match scored");
+    let next = CalculatePoints {
+        match_id: job.match_id,
+        priority: Priority::Normal,
+    };
+    let options = EnqueueOptions {
+        trace: observe::current_trace(),
+        ..EnqueueOptions::default()
+    };
+    let enqueued = deps
+        .producer
+        .enqueue_with(&next, options)
+        .await
+        .map_err(JobError::retry)?;
+    tracing::debug!(match_id = job.match_id, next = CalculatePoints::KIND, job_id = %enqueued.id, "chained");
+    Ok(())
+}

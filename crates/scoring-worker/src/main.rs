@@ -1,0 +1,13 @@
+//! scoring-worker binary. The handler lives in the library, the bootstrap
+//! (settings, telemetry, probes, drain) in `tally-service`.
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    tally_service::worker::main(
+        "scoring-worker",
+        "scores every prediction of a finished match (queue `scoring`), then enqueues CalculatePoints.",
+        scoring_worker::QUEUE,
+        scoring_worker::register,
+    )
+    .await
+}

@@ -1,0 +1,81 @@
+//! stats-worker: consumes the `stats` queue; scaled horizontally.
+//!
+//! `CalculatePoints` recalculates the totals of the users who predicted a
+//! scored match, then enqueues a deduplicated `RefreshViews`: while one
+//! refresh waits, further requests coalesce into it, so a burst of results
+//! costs one or two refreshes. Because the refresh is enqueued after the
+//! points are committed, and a refresh that has started no longer absorbs
+//! new requests, every committed result is covered by some later refresh.
+//! `RefreshViews` refreshes leaderboards and/or standings without blocking
+//! readers (see `tally-store`).
+
+use tally_jobs::{CalculatePoints, Job, RefreshScope, RefreshViews};
+use tally_queue::{EnqueueOptions, JobContext, JobError, WorkerBuilder};
+use tally_service::{WorkerDeps, observe, worker::store_job_error};
+use tally_store::model::Scope;
+
+/// The queue this worker consumes.
+pub const QUEUE: &str = CalculatePoints::QUEUE;
+
+/// Registers the `CalculatePoints` and `RefreshViews` handlers.
+pub fn register(builder: WorkerBuilder, deps: WorkerDeps) -> WorkerBuilder {
+    let points_deps = deps.clone();
+    builder
+        .handle(observe::traced(move |job: CalculatePoints, ctx: JobContext| {
+            let deps = points_deps.clone();
+            async move { calculate_points(&deps, &job, &ctx).await }
+        }))
+        .handle(observe::traced(move |job: RefreshViews, ctx: JobContext| {
+            let deps = deps.clone();
+            async move { refresh_views(&deps, &job, &ctx).await }
+        }))
+}
+
+/// Recalculates the affected users' points, then asks for a refresh.
+pub async fn calculate_points(deps: &WorkerDeps, job: &CalculatePoints, ctx: &JobContext) -> Result<(), JobError> {
+    let outcome = deps
+        .store
+        .calculate_points(job.match_id)
+        .await
+        .map_err(|e| store_job_error(&e))?;
+    tracing::info!(
+        match_id = job.match_id,
+        attempt = ctx.attempt,
+        ?outcome,
+        "points recalculated"
+    );
+    let options = EnqueueOptions {
+        trace: observe::current_trace(),
+        ..EnqueueOptions::default()
+    };
+    let enqueued = deps
+        .producer
+        .enqueue_with(
+            &RefreshViews {
+                scope: RefreshScope::All,
+            },
+            options,
+        )
+        .await
+        .map_err(JobError::retry)?;
+    tracing::debug!(
+        match_id = job.match_id,
+        next = RefreshViews::KIND,
+        job_id = %enqueued.id,
+        deduplicated = enqueued.deduplicated,
+        "chained"
+    );
+    Ok(())
+}
+
+/// Refreshes the views of the job's scope.
+pub async fn refresh_views(deps: &WorkerDeps, job: &RefreshViews, ctx: &JobContext) -> Result<(), JobError> {
+    let scope = match job.scope {
+        RefreshScope::All => Scope::All,
+        RefreshScope::Leaderboard => Scope::Leaderboard,
+        RefreshScope::Standings => Scope::Standings,
+    };
+    let outcome = deps.store.refresh_views(scope).await.map_err(|e| store_job_error(&e))?;
+    tracing::info!(%scope, attempt = ctx.attempt, ?outcome, "views refreshed");
+    Ok(())
+}

@@ -1,0 +1,218 @@
+//! The bootstrap both workers share: read [`WorkerSettings`], connect Redis
+//! and Postgres (lazily, so a dependency that is down at start delays work
+//! instead of crashing the pod), serve `/healthz` `/readyz` `/metrics` on
+//! `HEALTH_ADDR`, run the queue worker until the shutdown future resolves,
+//! then drain.
+//!
+//! A worker binary only names its queue and registers its handlers.
+
+use std::{future::Future, net::SocketAddr, time::Duration};
+
+use tally_queue::{Producer, QueueAdmin, QueueClient, QueueConfig, Worker, WorkerBuilder};
+use tally_store::Store;
+
+use crate::{Env, HealthServer, ReadinessCheck, SettingsError, observe, redact_url};
+
+/// Settings of a worker process, from the environment.
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    /// `REDIS_URL` (default `redis://127.0.0.1:6379`).
+    pub redis_url: String,
+    /// `DATABASE_URL` (required).
+    pub database_url: String,
+    /// `WORKER_CONCURRENCY`: handlers running at once (default 5).
+    pub concurrency: usize,
+    /// `HEALTH_ADDR`: probes and metrics (default `0.0.0.0:9090`).
+    pub health_addr: SocketAddr,
+    /// `SHUTDOWN_TIMEOUT_SECS`: drain deadline after SIGTERM (default 25,
+    /// below Kubernetes' default 30 s grace period).
+    pub drain_timeout: Duration,
+    /// `LEASE_SECS`: how long a claim survives without a heartbeat (default 15).
+    pub lease: Duration,
+    /// `DATABASE_POOL_SIZE`: Postgres connections (default 8).
+    pub db_pool_size: usize,
+    /// `TALLY_QUEUE_PREFIX`: key prefix of every queue key (default `tally`).
+    pub queue_prefix: String,
+}
+
+impl WorkerSettings {
+    /// Reads and validates the settings; the error names the variable.
+    pub fn from_env(env: &Env) -> Result<Self, SettingsError> {
+        Ok(WorkerSettings {
+            redis_url: env.url("REDIS_URL", Some("redis://127.0.0.1:6379"), &["redis://", "rediss://"])?,
+            database_url: env.url("DATABASE_URL", None, &["postgres://", "postgresql://"])?,
+            concurrency: env.number("WORKER_CONCURRENCY", 5, 1, 1000)? as usize,
+            health_addr: env.socket_addr("HEALTH_ADDR", "0.0.0.0:9090")?,
+            drain_timeout: env.seconds("SHUTDOWN_TIMEOUT_SECS", 25, 0, 3600)?,
+            lease: env.seconds("LEASE_SECS", 15, 2, 3600)?,
+            db_pool_size: env.number("DATABASE_POOL_SIZE", 8, 1, 500)? as usize,
+            queue_prefix: env.raw("TALLY_QUEUE_PREFIX").unwrap_or_else(|| "tally".into()),
+        })
+    }
+
+    /// One line describing the configuration, safe to log.
+    pub fn summary(&self) -> String {
+        format!(
+            "redis={} database={} concurrency={} health={} lease={}s drain={}s prefix={}",
+            redact_url(&self.redis_url),
+            redact_url(&self.database_url),
+            self.concurrency,
+            self.health_addr,
+            self.lease.as_secs(),
+            self.drain_timeout.as_secs(),
+            self.queue_prefix
+        )
+    }
+
+    /// The queue engine settings these imply.
+    pub fn queue_config(&self) -> QueueConfig {
+        QueueConfig {
+            lease: self.lease,
+            drain_timeout: self.drain_timeout,
+            ..QueueConfig::with_prefix(&self.queue_prefix)
+        }
+    }
+}
+
+/// What handlers get to work with.
+#[derive(Debug, Clone)]
+pub struct WorkerDeps {
+    /// The database.
+    pub store: Store,
+    /// For enqueueing the next job of the chain.
+    pub producer: Producer,
+}
+
+/// Runs a worker on `queue` until `shutdown` resolves; `register` adds the
+/// handlers. Returns after the drain; an error means the worker could not
+/// start (bad URL, port in use).
+pub async fn run_worker(
+    settings: WorkerSettings,
+    queue: &'static str,
+    register: impl FnOnce(WorkerBuilder, WorkerDeps) -> WorkerBuilder,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let store = Store::connect_lazy(&settings.database_url, settings.db_pool_size)?;
+    let client = QueueClient::new(&settings.redis_url, settings.queue_config())?;
+    let deps = WorkerDeps {
+        store: store.clone(),
+        producer: Producer::new(client.clone()),
+    };
+
+    let checks = readiness_checks(client.clone(), store);
+    let health = HealthServer::start(settings.health_addr, checks)
+        .map_err(|e| anyhow::anyhow!("cannot serve probes on HEALTH_ADDR={}: {e}", settings.health_addr))?;
+    tracing::info!(addr = %health.addr(), "probes and metrics listening");
+
+    let gauges = tokio::spawn(observe::sample_queue_gauges(
+        QueueAdmin::new(client.clone()),
+        vec![queue.to_owned()],
+        Duration::from_secs(5),
+    ));
+    let builder = Worker::builder(client, queue)
+        .concurrency(settings.concurrency)
+        .events(observe::ObservedEvents);
+    let worker = register(builder, deps).build()?;
+    tracing::info!(queue, concurrency = settings.concurrency, "worker running");
+    let report = worker.run_until(shutdown).await;
+    gauges.abort();
+    health.stop().await;
+    let report = report?;
+    tracing::info!(?report, "worker stopped");
+    Ok(())
+}
+
+/// Environment variables every worker reads, for `--help`.
+pub const WORKER_ENV_HELP: &str = "\
+Environment:
+  DATABASE_URL           PostgreSQL (required)
+  REDIS_URL              queue Redis (default redis://127.0.0.1:6379)
+  WORKER_CONCURRENCY     jobs at once (default 5)
+  HEALTH_ADDR            /healthz /readyz /metrics (default 0.0.0.0:9090)
+  SHUTDOWN_TIMEOUT_SECS  drain deadline after SIGTERM (default 25)
+  LEASE_SECS             claim lease; a killed worker's job returns after it (default 15)
+  DATABASE_POOL_SIZE     Postgres connections (default 8)
+  TALLY_QUEUE_PREFIX     queue key prefix (default tally)
+  RUST_LOG, LOG_FORMAT=text|json, SENTRY_DSN, OTEL_EXPORTER_OTLP_ENDPOINT  telemetry (optional)";
+
+/// The whole `main` of a worker binary: `--help`, settings (exit 2 with one
+/// line on a bad value), telemetry, run until SIGTERM/SIGINT (exit 0 after
+/// the drain, 1 if the worker could not start).
+pub async fn main(
+    name: &'static str,
+    about: &str,
+    queue: &'static str,
+    register: impl FnOnce(WorkerBuilder, WorkerDeps) -> WorkerBuilder,
+) -> std::process::ExitCode {
+    use std::process::ExitCode;
+    if std::env::args().any(|a| a == "--help" || a == "-h") {
+        println!("{name}: {about}\n\n{WORKER_ENV_HELP}");
+        return ExitCode::SUCCESS;
+    }
+    let settings = match WorkerSettings::from_env(&Env::process()) {
+        Ok(settings) => settings,
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let _telemetry = crate::init_telemetry(name);
+    tracing::info!(settings = %settings.summary(), "starting {name}");
+    match run_worker(settings, queue, register, crate::shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "{name} failed");
+            eprintln!("{name}: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// What the engine should do about a store error: a match not finished yet
+/// is retried in a minute; connection trouble, deadlocks and "not scored yet"
+/// are retried with the job's backoff; everything else (unknown match,
+/// conflicting result) will never succeed, so the job gives up.
+pub fn store_job_error(error: &tally_store::StoreError) -> tally_queue::JobError {
+    use tally_queue::JobError;
+    match error {
+        tally_store::StoreError::MatchNotFinished { .. } if error.is_transient() => {
+            JobError::RetryAfter(Duration::from_secs(60), error.to_string())
+        }
+        _ if error.is_transient() => JobError::retry(error),
+        _ => JobError::give_up(error),
+    }
+}
+
+fn readiness_checks(client: QueueClient, store: Store) -> Vec<ReadinessCheck> {
+    vec![
+        ReadinessCheck::new("redis", move || {
+            let client = client.clone();
+            Box::pin(async move { client.ping().await.map_err(|e| e.to_string()) })
+        }),
+        ReadinessCheck::new("postgres", move || {
+            let store = store.clone();
+            Box::pin(async move { store.ping().await.map_err(|e| e.to_string()) })
+        }),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worker_settings_need_a_database_and_check_numbers() {
+        let err = WorkerSettings::from_env(&Env::from_pairs([])).expect_err("no DATABASE_URL");
+        assert!(err.to_string().starts_with("missing setting DATABASE_URL"), "{err}");
+        let env = Env::from_pairs([
+            ("DATABASE_URL", "postgres://u:secret@db/x"),
+            ("WORKER_CONCURRENCY", "0"),
+        ]);
+        let err = WorkerSettings::from_env(&env).expect_err("zero concurrency");
+        assert!(err.to_string().contains("WORKER_CONCURRENCY"), "{err}");
+        let env = Env::from_pairs([("DATABASE_URL", "postgres://u:secret@db/x")]);
+        let s = WorkerSettings::from_env(&env).expect("defaults");
+        assert_eq!((s.concurrency, s.lease.as_secs(), s.health_addr.port()), (5, 15, 9090));
+        assert!(!s.summary().contains("secret"), "{}", s.summary());
+    }
+}
