@@ -7,6 +7,7 @@
 //! Sentry reports and trace continuation ([`observe`]).
 
 pub mod health;
+pub mod http_client;
 pub mod observe;
 pub mod settings;
 pub mod shutdown;

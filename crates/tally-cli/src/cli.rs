@@ -1,0 +1,252 @@
+//! The command-line arguments. Connection settings come from the same
+//! environment variables the services read (`REDIS_URL`, `DATABASE_URL`,
+//! `TALLY_QUEUE_PREFIX`), or from flags.
+
+use clap::{Args, Parser, Subcommand};
+
+/// tally: the football prediction pipeline's command line.
+#[derive(Debug, Parser)]
+#[command(name = "tally", version, about, long_about = None)]
+pub struct Cli {
+    /// PostgreSQL URL.
+    #[arg(long, global = true, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Redis URL of the queues.
+    #[arg(
+        long,
+        global = true,
+        env = "REDIS_URL",
+        default_value = "redis://127.0.0.1:6379",
+        hide_env_values = true
+    )]
+    pub redis_url: String,
+    /// Key prefix of every queue key.
+    #[arg(long, global = true, env = "TALLY_QUEUE_PREFIX", default_value = "tally")]
+    pub queue_prefix: String,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Apply pending database migrations.
+    Migrate,
+    /// Fill an empty database with deterministic demo data.
+    Seed(SeedArgs),
+    /// Record match results and status changes.
+    #[command(subcommand)]
+    Match(MatchCommand),
+    /// Inspect and repair queues.
+    #[command(subcommand)]
+    Queue(QueueCommand),
+    /// Enqueue a job by hand.
+    #[command(subcommand)]
+    Enqueue(EnqueueCommand),
+    /// Print a leaderboard (overall unless --competition).
+    Leaderboard(LeaderboardArgs),
+    /// Print a competition's league table.
+    Standings(StandingsArgs),
+    /// Play a whole matchday through the real services (needs REDIS_URL and DATABASE_URL).
+    Demo(DemoArgs),
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+/// Sizes of the generated data.
+#[derive(Debug, Clone, Args)]
+pub struct SeedArgs {
+    /// Users.
+    #[arg(long, default_value_t = 1_000)]
+    pub users: u32,
+    /// Predictions in total.
+    #[arg(long, default_value_t = 10_000)]
+    pub predictions: u64,
+    /// Competitions.
+    #[arg(long, default_value_t = 2)]
+    pub competitions: u32,
+    /// Teams per competition.
+    #[arg(long, default_value_t = 10)]
+    pub teams: u32,
+    /// Fraction of each season already played (0 to 1).
+    #[arg(long, default_value_t = 0.5)]
+    pub played: f64,
+    /// Random seed: the same seed gives the same data.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+}
+
+/// `tally match …`
+#[derive(Debug, Subcommand)]
+pub enum MatchCommand {
+    /// Record a final score (one transaction) and enqueue its scoring.
+    Finish {
+        /// Match id.
+        id: i64,
+        /// Home goals.
+        home: i32,
+        /// Away goals.
+        away: i32,
+    },
+    /// Mark a match postponed (its predictions are voided) and enqueue its scoring.
+    Postpone {
+        /// Match id.
+        id: i64,
+    },
+    /// Mark a match cancelled (its predictions are voided) and enqueue its scoring.
+    Cancel {
+        /// Match id.
+        id: i64,
+    },
+}
+
+/// `tally queue …`
+#[derive(Debug, Subcommand)]
+pub enum QueueCommand {
+    /// Ready, scheduled, in-flight and dead jobs, and counters, per queue.
+    Stats {
+        /// Queues to show (default: scoring and stats).
+        #[arg(long = "queue")]
+        queues: Vec<String>,
+    },
+    /// The dead-letter set.
+    #[command(subcommand)]
+    Dead(DeadCommand),
+}
+
+/// `tally queue dead …`
+#[derive(Debug, Subcommand)]
+pub enum DeadCommand {
+    /// List dead jobs with their last error.
+    List {
+        /// Queue.
+        #[arg(long, default_value = "stats")]
+        queue: String,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Include each job's envelope.
+        #[arg(long)]
+        envelopes: bool,
+    },
+    /// Put dead jobs back on their ready list with fresh attempts.
+    Retry {
+        /// Queue.
+        #[arg(long, default_value = "stats")]
+        queue: String,
+        /// Job ids (or --all).
+        ids: Vec<String>,
+        /// Every dead job of the queue.
+        #[arg(long, conflicts_with = "ids")]
+        all: bool,
+    },
+    /// Delete dead jobs.
+    Purge {
+        /// Queue.
+        #[arg(long, default_value = "stats")]
+        queue: String,
+        /// Job ids (or --all / --older-than).
+        ids: Vec<String>,
+        /// Every dead job of the queue.
+        #[arg(long, conflicts_with_all = ["ids", "older_than_hours"])]
+        all: bool,
+        /// Dead jobs that died more than this many hours ago.
+        #[arg(long = "older-than-hours", conflicts_with = "ids")]
+        older_than_hours: Option<u64>,
+    },
+}
+
+/// `tally enqueue …`
+#[derive(Debug, Subcommand)]
+pub enum EnqueueCommand {
+    /// Enqueue ScoreMatch for a match.
+    ScoreMatch {
+        /// Match id.
+        id: i64,
+    },
+    /// Enqueue a (deduplicated) RefreshViews.
+    RefreshViews {
+        /// all, leaderboard or standings.
+        #[arg(long, default_value = "all")]
+        scope: String,
+    },
+}
+
+/// `tally leaderboard`
+#[derive(Debug, Clone, Args)]
+pub struct LeaderboardArgs {
+    /// Competition id (default: the overall leaderboard).
+    #[arg(long)]
+    pub competition: Option<i64>,
+    /// Rows to show.
+    #[arg(long, default_value_t = 10)]
+    pub top: i64,
+    /// Rows to skip.
+    #[arg(long, default_value_t = 0)]
+    pub offset: i64,
+}
+
+/// `tally standings`
+#[derive(Debug, Clone, Args)]
+pub struct StandingsArgs {
+    /// Competition id.
+    #[arg(long)]
+    pub competition: i64,
+}
+
+/// `tally demo`
+#[derive(Debug, Clone, Args)]
+pub struct DemoArgs {
+    /// Users in the demo season.
+    #[arg(long, default_value_t = 2_000)]
+    pub users: u32,
+    /// Predictions in the demo season.
+    #[arg(long, default_value_t = 40_000)]
+    pub predictions: u64,
+    /// stats-worker processes (it scales horizontally).
+    #[arg(long, default_value_t = 2)]
+    pub stats_workers: usize,
+    /// Directory for the services' logs.
+    #[arg(long, default_value = ".state/logs")]
+    pub log_dir: std::path::PathBuf,
+    /// Seconds to wait for the leaderboard to reflect every result.
+    #[arg(long, default_value_t = 60)]
+    pub timeout_secs: u64,
+}
+
+/// `tally bench …`
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// The queue engine through the phases of BullMQ's bench.mjs (settings as its
+    /// environment variables: N, CONCURRENCY, PHASES, …). Starts a private
+    /// redis-server unless --use-redis-url.
+    Queue {
+        /// Measure the Redis at REDIS_URL instead of a private one.
+        #[arg(long)]
+        use_redis_url: bool,
+    },
+    /// Result-to-fresh-leaderboard pipeline on PostgreSQL (DATABASE_URL must be an empty database).
+    Pipeline(PipelineArgs),
+}
+
+/// `tally bench pipeline`
+#[derive(Debug, Clone, Args)]
+pub struct PipelineArgs {
+    /// Users.
+    #[arg(long, default_value_t = 100_000)]
+    pub users: u32,
+    /// Predictions.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub predictions: u64,
+    /// Matches to play through the pipeline.
+    #[arg(long, default_value_t = 30)]
+    pub matches: usize,
+    /// Reuse data already in the database.
+    #[arg(long)]
+    pub reuse: bool,
+}

@@ -1,0 +1,368 @@
+//! The plain commands: each connects to what it needs, does one thing and
+//! prints a table (or JSON with `--json`).
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use serde_json::json;
+use tally_jobs::{Job as _, RefreshScope, RefreshViews, ScoreMatch};
+use tally_queue::{DeadSelector, EnqueueOptions, Producer, QueueAdmin, QueueClient, QueueConfig};
+use tally_store::{Store, seed::SeedOptions};
+
+use crate::cli::{Cli, Command, DeadCommand, EnqueueCommand, MatchCommand, QueueCommand, SeedArgs};
+use crate::output::{Progress, table};
+
+/// The queues the services consume.
+pub const QUEUES: [&str; 2] = [ScoreMatch::QUEUE, RefreshViews::QUEUE];
+
+/// Runs one command.
+pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    match &cli.command {
+        Command::Migrate => migrate(&cli).await,
+        Command::Seed(args) => seed(&cli, args).await,
+        Command::Match(cmd) => match_command(&cli, cmd).await,
+        Command::Queue(QueueCommand::Stats { queues }) => queue_stats(&cli, queues).await,
+        Command::Queue(QueueCommand::Dead(cmd)) => dead(&cli, cmd).await,
+        Command::Enqueue(cmd) => enqueue(&cli, cmd).await,
+        Command::Leaderboard(args) => {
+            let rows = connect_store(&cli)
+                .await?
+                .leaderboard(args.competition, args.top, args.offset)
+                .await?;
+            print_leaderboard(&rows, cli.json)
+        }
+        Command::Standings(args) => {
+            let rows = connect_store(&cli).await?.standings(args.competition).await?;
+            print_standings(&rows, cli.json)
+        }
+        Command::Demo(args) => crate::demo::run(&cli, args).await,
+        Command::Bench(cmd) => crate::bench::run(&cli, cmd).await,
+    }
+}
+
+/// The database, from `--database-url` / `DATABASE_URL`.
+pub async fn connect_store(cli: &Cli) -> anyhow::Result<Store> {
+    let url = cli
+        .database_url
+        .as_deref()
+        .context("DATABASE_URL is not set (or pass --database-url)")?;
+    Store::connect(url, 4)
+        .await
+        .with_context(|| format!("cannot connect to {}", tally_service::redact_url(url)))
+}
+
+/// A queue client for `--redis-url` / `REDIS_URL` under the configured prefix.
+pub async fn connect_queue(cli: &Cli) -> anyhow::Result<QueueClient> {
+    QueueClient::connect(&cli.redis_url, QueueConfig::with_prefix(&cli.queue_prefix))
+        .await
+        .with_context(|| format!("cannot reach Redis at {}", tally_service::redact_url(&cli.redis_url)))
+}
+
+fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+async fn migrate(cli: &Cli) -> anyhow::Result<()> {
+    let applied = connect_store(cli).await?.migrate().await?;
+    if cli.json {
+        return print_json(&json!({ "applied": applied.iter().map(|m| format!("{m:?}")).collect::<Vec<_>>() }));
+    }
+    if applied.is_empty() {
+        println!("database is up to date");
+    }
+    for m in &applied {
+        println!("applied {m:?}");
+    }
+    Ok(())
+}
+
+/// Seeds through `store` with a progress bar; used by `seed` and `demo`.
+pub async fn seed_with_progress(store: &Store, args: &SeedArgs) -> anyhow::Result<tally_store::seed::SeedSummary> {
+    let options = SeedOptions {
+        users: args.users,
+        predictions: args.predictions,
+        competitions: args.competitions,
+        teams_per_competition: args.teams,
+        played_fraction: args.played,
+        seed: args.seed,
+    };
+    let progress = Progress::new();
+    let mut client = store.pool().get().await?;
+    let summary = tally_store::seed::seed(&mut client, &options, &|p| {
+        progress.update(&format!("{:?}", p.stage).to_lowercase(), p.done, p.total);
+    })
+    .await?;
+    Ok(summary)
+}
+
+async fn seed(cli: &Cli, args: &SeedArgs) -> anyhow::Result<()> {
+    let store = connect_store(cli).await?;
+    store.migrate().await?;
+    let summary = seed_with_progress(&store, args).await?;
+    if cli.json {
+        return print_json(&summary);
+    }
+    println!(
+        "seeded {} users, {} competitions, {} teams, {} matches ({} finished), {} predictions in {:.1}s",
+        summary.users,
+        summary.competitions,
+        summary.teams,
+        summary.matches,
+        summary.finished_matches,
+        summary.predictions,
+        summary.elapsed_ms as f64 / 1000.0
+    );
+    Ok(())
+}
+
+/// Records a result, then enqueues its scoring. The two steps cannot share a
+/// transaction (Postgres and Redis), so the result is committed first: if
+/// the enqueue fails, running the same command again is safe (recording the
+/// same score is a no-op) and enqueues the job.
+pub async fn finish_match(
+    store: &Store,
+    producer: &Producer,
+    id: i64,
+    home: i32,
+    away: i32,
+) -> anyhow::Result<tally_queue::Enqueued> {
+    store
+        .record_result(id, home, away)
+        .await
+        .with_context(|| format!("cannot record {home}-{away} for match {id}"))?;
+    enqueue_scoring(producer, id).await
+}
+
+async fn enqueue_scoring(producer: &Producer, id: i64) -> anyhow::Result<tally_queue::Enqueued> {
+    let options = EnqueueOptions {
+        trace: tally_service::observe::current_trace(),
+        ..EnqueueOptions::default()
+    };
+    producer
+        .enqueue_with(&ScoreMatch { match_id: id }, options)
+        .await
+        .with_context(|| {
+            format!("match {id} is recorded, but its scoring could not be enqueued; run the same command again")
+        })
+}
+
+async fn match_command(cli: &Cli, cmd: &MatchCommand) -> anyhow::Result<()> {
+    let store = connect_store(cli).await?;
+    let producer = Producer::new(connect_queue(cli).await?);
+    let (id, what, job) = match *cmd {
+        MatchCommand::Finish { id, home, away } => (
+            id,
+            format!("finished {home}-{away}"),
+            finish_match(&store, &producer, id, home, away).await?,
+        ),
+        MatchCommand::Postpone { id } => {
+            store.postpone_match(id).await?;
+            (id, "postponed".to_owned(), enqueue_scoring(&producer, id).await?)
+        }
+        MatchCommand::Cancel { id } => {
+            store.cancel_match(id).await?;
+            (id, "cancelled".to_owned(), enqueue_scoring(&producer, id).await?)
+        }
+    };
+    if cli.json {
+        return print_json(
+            &json!({ "matchId": id, "status": what, "jobId": job.id, "deduplicated": job.deduplicated }),
+        );
+    }
+    println!("match {id} {what}; ScoreMatch enqueued as job {}", job.id);
+    Ok(())
+}
+
+async fn queue_stats(cli: &Cli, queues: &[String]) -> anyhow::Result<()> {
+    let admin = QueueAdmin::new(connect_queue(cli).await?);
+    let names: Vec<String> = if queues.is_empty() {
+        QUEUES.map(String::from).to_vec()
+    } else {
+        queues.to_vec()
+    };
+    let mut all = serde_json::Map::new();
+    let mut rows = Vec::new();
+    for name in &names {
+        let s = admin.stats(name).await?;
+        rows.push(vec![
+            name.clone(),
+            s.ready_by_priority.high.to_string(),
+            s.ready_by_priority.normal.to_string(),
+            s.ready_by_priority.low.to_string(),
+            s.scheduled.to_string(),
+            s.in_flight.to_string(),
+            s.dead.to_string(),
+            s.oldest_ready_age_ms
+                .map_or_else(|| "-".into(), |ms| format!("{:.1}s", ms as f64 / 1000.0)),
+            s.counters.completed.to_string(),
+            s.counters.retried.to_string(),
+        ]);
+        all.insert(name.clone(), serde_json::to_value(&s)?);
+    }
+    if cli.json {
+        return print_json(&json!({ "queues": all }));
+    }
+    print!(
+        "{}",
+        table(
+            &[
+                "queue",
+                ">high",
+                ">normal",
+                ">low",
+                ">scheduled",
+                ">in flight",
+                ">dead",
+                ">oldest",
+                ">completed",
+                ">retried"
+            ],
+            &rows
+        )
+    );
+    Ok(())
+}
+
+async fn dead(cli: &Cli, cmd: &DeadCommand) -> anyhow::Result<()> {
+    let admin = QueueAdmin::new(connect_queue(cli).await?);
+    match cmd {
+        DeadCommand::List {
+            queue,
+            limit,
+            envelopes,
+        } => {
+            let jobs = admin.dead_list(queue, 0, *limit).await?;
+            if cli.json {
+                return print_json(&jobs);
+            }
+            if jobs.is_empty() {
+                println!("no dead jobs in {queue}");
+                return Ok(());
+            }
+            let rows: Vec<Vec<String>> = jobs
+                .iter()
+                .map(|j| {
+                    let died = chrono::DateTime::from_timestamp_millis(j.died_at_ms as i64)
+                        .map_or_else(String::new, |t| t.format("%Y-%m-%d %H:%M:%S").to_string());
+                    vec![
+                        j.id.clone(),
+                        j.kind.clone().unwrap_or_else(|| "?".into()),
+                        j.attempts.to_string(),
+                        died,
+                        j.error.clone(),
+                    ]
+                })
+                .collect();
+            print!("{}", table(&["id", "kind", ">attempts", "died", "last error"], &rows));
+            if *envelopes {
+                for j in &jobs {
+                    println!("{}: {}", j.id, j.envelope.as_deref().unwrap_or("(unreadable)"));
+                }
+            }
+        }
+        DeadCommand::Retry { queue, ids, all } => {
+            let which = selector(ids, *all, None)?;
+            let n = admin.dead_retry(queue, which).await?;
+            println!("{n} dead job(s) of {queue} put back on the ready list");
+        }
+        DeadCommand::Purge {
+            queue,
+            ids,
+            all,
+            older_than_hours,
+        } => {
+            let which = selector(ids, *all, *older_than_hours)?;
+            let n = admin.dead_purge(queue, which).await?;
+            println!("{n} dead job(s) of {queue} purged");
+        }
+    }
+    Ok(())
+}
+
+fn selector(ids: &[String], all: bool, older_than_hours: Option<u64>) -> anyhow::Result<DeadSelector> {
+    match (ids.is_empty(), all, older_than_hours) {
+        (_, true, _) => Ok(DeadSelector::All),
+        (_, _, Some(h)) => Ok(DeadSelector::OlderThan(Duration::from_secs(h * 3600))),
+        (false, false, None) => Ok(DeadSelector::Ids(ids.to_vec())),
+        (true, false, None) => anyhow::bail!("name the job ids, or pass --all"),
+    }
+}
+
+async fn enqueue(cli: &Cli, cmd: &EnqueueCommand) -> anyhow::Result<()> {
+    let producer = Producer::new(connect_queue(cli).await?);
+    let job = match cmd {
+        EnqueueCommand::ScoreMatch { id } => enqueue_scoring(&producer, *id).await?,
+        EnqueueCommand::RefreshViews { scope } => {
+            let scope = RefreshScope::parse(scope)
+                .with_context(|| format!("invalid scope {scope:?}: expected all, leaderboard or standings"))?;
+            producer.enqueue(&RefreshViews { scope }).await?
+        }
+    };
+    if cli.json {
+        return print_json(&job);
+    }
+    println!(
+        "enqueued job {}{}",
+        job.id,
+        if job.deduplicated {
+            " (coalesced into a waiting job)"
+        } else {
+            ""
+        }
+    );
+    Ok(())
+}
+
+/// Prints leaderboard rows as a table or as a JSON list.
+pub fn print_leaderboard(rows: &[tally_store::LeaderboardRow], json: bool) -> anyhow::Result<()> {
+    if json {
+        return print_json(&rows);
+    }
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.rank.to_string(),
+                r.username.clone(),
+                r.points.to_string(),
+                r.exact_scores.to_string(),
+                r.correct_outcomes.to_string(),
+                r.predictions_scored.to_string(),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table(&[">rank", "user", ">points", ">exact", ">outcome", ">scored"], &rows)
+    );
+    Ok(())
+}
+
+/// Prints a league table or its JSON.
+pub fn print_standings(rows: &[tally_store::StandingRow], json: bool) -> anyhow::Result<()> {
+    if json {
+        return print_json(&rows);
+    }
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.position.to_string(),
+                r.team.clone(),
+                r.played.to_string(),
+                r.won.to_string(),
+                r.drawn.to_string(),
+                r.lost.to_string(),
+                format!("{}:{}", r.goals_for, r.goals_against),
+                format!("{:+}", r.goal_difference),
+                r.points.to_string(),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table(&[">#", "team", ">P", ">W", ">D", ">L", ">goals", ">GD", ">pts"], &rows)
+    );
+    Ok(())
+}
