@@ -19,6 +19,7 @@ build: ## Build every crate (debug)
 
 .PHONY: test
 test: deps ## Run all tests against throwaway Redis and PostgreSQL servers
+	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace --all-targets --no-fail-fast
 
 .PHONY: lint

@@ -1,1 +1,247 @@
-//! Helpers for the end-to-end tests: locate and run the real binaries.
+//! The end-to-end harness: a [`Stack`] is a seeded PostgreSQL database and a
+//! Redis namespace (or dedicated servers, for chaos tests) plus the real
+//! service binaries started as child processes against them. Tests record
+//! results, break things (SIGKILL, SIGTERM, stop Postgres, restart Redis) and
+//! check the final state against the brute-force recomputation in
+//! `tally_cli::verify`.
+//!
+//! The binaries must be built first (`make test` runs `cargo build --bins`);
+//! a missing one fails with a line saying so.
+
+use std::{
+    path::PathBuf,
+    process::Output,
+    time::{Duration, Instant},
+};
+
+use tally_cli::{demo::Fixture, services::Service};
+use tally_jobs::{Job as _, RefreshViews, ScoreMatch};
+use tally_queue::{Producer, QueueAdmin, QueueClient, QueueConfig};
+use tally_store::{Store, seed::SeedOptions};
+
+/// Where the databases and Redis come from.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct StackOptions {
+    /// A dedicated PostgreSQL the test may stop and start.
+    pub own_postgres: bool,
+    /// A dedicated Redis with AOF persistence the test may restart.
+    pub own_redis: bool,
+    /// Users to seed.
+    pub users: u32,
+    /// Predictions to seed.
+    pub predictions: u64,
+}
+
+/// Databases, queues and running services for one test.
+pub struct Stack {
+    /// The database URL the services use.
+    pub database_url: String,
+    /// The Redis URL the services use.
+    pub redis_url: String,
+    /// The queue key prefix (the test's Redis namespace).
+    pub prefix: String,
+    /// The store, for the test's own reads and writes.
+    pub store: Store,
+    /// Queue statistics.
+    pub admin: QueueAdmin,
+    /// Enqueues jobs.
+    pub producer: Producer,
+    /// Service logs.
+    pub log_dir: PathBuf,
+    /// Running services, by name.
+    pub services: Vec<Service>,
+    /// Extra environment for every service.
+    pub extra_env: Vec<(String, String)>,
+    /// The dedicated PostgreSQL, when asked for.
+    pub postgres: Option<tally_testkit::PostgresServer>,
+    /// The dedicated Redis, when asked for.
+    pub redis: Option<tally_testkit::RedisServer>,
+    _database: Option<tally_testkit::TestDatabase>,
+}
+
+impl std::fmt::Debug for Stack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stack").field("prefix", &self.prefix).field("log_dir", &self.log_dir).finish_non_exhaustive()
+    }
+}
+
+async fn migrated_database() -> tally_testkit::TestDatabase {
+    tally_testkit::database_from_template("tally-migrated", |url| async move {
+        tally_store::migrate_url(&url).await?;
+        Ok(())
+    })
+    .await
+}
+
+impl Stack {
+    /// A seeded stack with no services running yet.
+    pub async fn new(options: StackOptions) -> anyhow::Result<Self> {
+        let (postgres, database, database_url) = if options.own_postgres {
+            let server = tally_testkit::PostgresServer::start().await?;
+            let url = server.url("postgres");
+            tally_store::migrate_url(&url).await?;
+            (Some(server), None, url)
+        } else {
+            let db = migrated_database().await;
+            let url = db.url.clone();
+            (None, Some(db), url)
+        };
+        let (redis, redis_url, prefix) = if options.own_redis {
+            let server =
+                tally_testkit::RedisServer::start(tally_testkit::RedisOptions { appendonly: true, extra_args: vec![] })
+                    .await?;
+            let url = server.url();
+            (Some(server), url, "tally".to_owned())
+        } else {
+            let r = tally_testkit::redis().await;
+            (None, r.url, r.namespace)
+        };
+        let store = Store::connect(&database_url, 4).await?;
+        let mut client = store.pool().get().await?;
+        let seed = SeedOptions {
+            users: options.users.max(50),
+            predictions: options.predictions.max(500),
+            competitions: 2,
+            teams_per_competition: 6,
+            played_fraction: 0.3,
+            seed: 7,
+        };
+        tally_store::seed::seed(&mut client, &seed, &|_| {}).await?;
+        drop(client);
+        let queue = QueueClient::new(&redis_url, QueueConfig::with_prefix(&prefix))?;
+        let log_dir = tally_cli::services::bin_dir().join("e2e-logs").join(uuid::Uuid::new_v4().simple().to_string());
+        Ok(Stack {
+            database_url,
+            redis_url,
+            prefix,
+            store,
+            admin: QueueAdmin::new(queue.clone()),
+            producer: Producer::new(queue),
+            log_dir,
+            services: Vec::new(),
+            extra_env: vec![
+                ("LEASE_SECS".into(), "2".into()),
+                ("SHUTDOWN_TIMEOUT_SECS".into(), "5".into()),
+                ("RUST_LOG".into(), "info".into()),
+            ],
+            postgres,
+            redis,
+            _database: database,
+        })
+    }
+
+    /// The environment every service gets.
+    pub fn env(&self) -> Vec<(String, String)> {
+        let mut env = vec![
+            ("REDIS_URL".to_owned(), self.redis_url.clone()),
+            ("DATABASE_URL".to_owned(), self.database_url.clone()),
+            ("TALLY_QUEUE_PREFIX".to_owned(), self.prefix.clone()),
+            ("CRON_SECRET".to_owned(), SECRET.to_owned()),
+        ];
+        env.extend(self.extra_env.iter().cloned());
+        env
+    }
+
+    /// Starts a service binary under an instance name and waits until it is ready.
+    pub async fn start(&mut self, binary: &str, name: &str) -> anyhow::Result<()> {
+        let addr_var = if binary == "cron-gateway" { "BIND_ADDR" } else { "HEALTH_ADDR" };
+        let mut service = Service::start(binary, name, &self.env(), addr_var, &self.log_dir)?;
+        service.wait_ready(Duration::from_secs(30)).await?;
+        self.services.push(service);
+        Ok(())
+    }
+
+    /// The running service with this instance name.
+    pub fn service(&mut self, name: &str) -> &mut Service {
+        self.services.iter_mut().find(|s| s.name == name).unwrap_or_else(|| panic!("no service {name}"))
+    }
+
+    /// The next round of each competition.
+    pub async fn matchday(&self) -> anyhow::Result<Vec<Fixture>> {
+        tally_cli::demo::next_matchday(&self.store).await
+    }
+
+    /// Runs the `tally` CLI against this stack.
+    pub fn tally(&self, args: &[&str]) -> anyhow::Result<Output> {
+        let path = tally_cli::services::bin_dir().join("tally");
+        anyhow::ensure!(path.exists(), "{} not found: run `cargo build --bins` first", path.display());
+        Ok(std::process::Command::new(path).args(args).envs(self.env()).output()?)
+    }
+
+    /// Records a result and enqueues its scoring, as `tally match finish` does.
+    pub async fn finish(&self, id: i64, home: i32, away: i32) -> anyhow::Result<()> {
+        tally_cli::commands::finish_match(&self.store, &self.producer, id, home, away).await?;
+        Ok(())
+    }
+
+    /// Waits until both queues are empty (nothing ready, scheduled or in
+    /// flight) and the published views equal the brute-force recomputation.
+    /// Fails at once if a job is dead.
+    pub async fn wait_settled(&self, timeout: Duration) -> anyhow::Result<tally_cli::verify::Checked> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut busy = 0;
+            let mut unreadable = None;
+            for queue in [ScoreMatch::QUEUE, RefreshViews::QUEUE] {
+                let stats = self.admin.stats(queue).await;
+                match stats {
+                    Ok(s) => {
+                        if s.dead > 0 {
+                            let dead = self.admin.dead_list(queue, 0, 5).await.unwrap_or_default();
+                            anyhow::bail!("{} dead job(s) in {queue}: {dead:?}", s.dead);
+                        }
+                        busy += s.ready + s.scheduled + s.in_flight;
+                    }
+                    Err(e) => unreadable = Some(format!("queue stats: {e}")),
+                }
+            }
+            let last = if let Some(problem) = unreadable {
+                problem
+            } else if busy > 0 {
+                format!("{busy} job(s) not finished")
+            } else {
+                match tally_cli::verify::verify(&self.store).await {
+                    Ok(Ok(checked)) => return Ok(checked),
+                    Ok(Err(diff)) => diff,
+                    Err(e) => format!("verify: {e:#}"),
+                }
+            };
+            if Instant::now() > deadline {
+                let logs: Vec<String> =
+                    self.services.iter().map(|s| format!("--- {}:\n{}", s.name, s.log_tail(15))).collect();
+                anyhow::bail!("not settled after {timeout:?}: {last}\n{}", logs.join("\n"));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Stops every service with SIGTERM and returns their exit statuses.
+    pub async fn stop_all(&mut self) -> Vec<(String, anyhow::Result<std::process::ExitStatus>)> {
+        let mut out = Vec::new();
+        for s in &mut self.services {
+            if s.pid().is_some() {
+                out.push((s.name.clone(), s.terminate(Duration::from_secs(15)).await));
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        // Logs of a passing test are not needed; a failing one keeps them.
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.log_dir);
+        }
+    }
+}
+
+/// The cron secret the stack's gateway uses.
+pub const SECRET: &str = "e2e-secret-0123456789abcdef";
+
+/// A deterministic score for match `id`.
+pub fn score_for(id: i64) -> (i32, i32) {
+    let h = (id * 7919) % 5;
+    let a = (id * 104_729 + 3) % 4;
+    (h as i32, a as i32)
+}
