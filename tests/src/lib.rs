@@ -8,6 +8,8 @@
 //! The binaries must be built first (`make test` runs `cargo build --bins`);
 //! a missing one fails with a line saying so.
 
+pub mod receivers;
+
 use std::{
     path::PathBuf,
     process::Output,

@@ -12,6 +12,7 @@ use actix_web::{HttpRequest, HttpResponse, ResponseError, http::StatusCode, web}
 use futures::StreamExt;
 use serde_json::json;
 use tally_jobs::{RefreshScope, RefreshViews};
+use tally_queue::EnqueueOptions;
 
 use crate::startup::AppState;
 
@@ -125,7 +126,8 @@ pub async fn update_stats(
     drain_body(payload, limit).await?;
     let scope = parse_scope(req.query_string())?;
 
-    let enqueued = state.producer.enqueue(&RefreshViews { scope }).await.map_err(|e| {
+    let options = EnqueueOptions { trace: tally_service::observe::current_trace(), ..EnqueueOptions::default() };
+    let enqueued = state.producer.enqueue_with(&RefreshViews { scope }, options).await.map_err(|e| {
         tracing::error!(error = %e, "cannot enqueue RefreshViews");
         if e.is_unavailable() {
             ApiError::Unavailable

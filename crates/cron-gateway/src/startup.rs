@@ -12,6 +12,7 @@ use actix_web::{
 };
 use tally_queue::{Producer, QueueClient, QueueConfig};
 use tally_service::ReadinessCheck;
+use tracing::Instrument as _;
 
 use crate::{Settings, auth::CronSecret, routes};
 
@@ -49,7 +50,21 @@ async fn record_metrics(
     let started = Instant::now();
     let method = req.method().to_string();
     let route = req.match_pattern().unwrap_or_else(|| "unmatched".to_owned());
-    let response = next.call(req).await?;
+    // The request span: a trace starts here (or continues the caller's, when
+    // it sends a traceparent) and travels on inside the enqueued job.
+    let span = tracing::info_span!(
+        "http request",
+        otel.name = %format!("{method} {route}"),
+        otel.kind = "server",
+        http.request.method = %method,
+        http.route = %route,
+        http.response.status_code = tracing::field::Empty,
+    );
+    if let Some(traceparent) = req.headers().get("traceparent").and_then(|v| v.to_str().ok()) {
+        tally_telemetry::set_parent_from_traceparent(&span, traceparent);
+    }
+    let response = next.call(req).instrument(span.clone()).await?;
+    span.record("http.response.status_code", response.status().as_u16());
     let status = response.status();
     if status.is_server_error() {
         // An error-level event: the Sentry layer turns it into an event.

@@ -58,6 +58,25 @@ pub enum Command {
     Bench(BenchCommand),
 }
 
+impl Command {
+    /// The command's name, for spans and logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Migrate => "migrate",
+            Command::Seed(_) => "seed",
+            Command::Match(MatchCommand::Finish { .. }) => "match finish",
+            Command::Match(MatchCommand::Postpone { .. }) => "match postpone",
+            Command::Match(MatchCommand::Cancel { .. }) => "match cancel",
+            Command::Queue(_) => "queue",
+            Command::Enqueue(_) => "enqueue",
+            Command::Leaderboard(_) => "leaderboard",
+            Command::Standings(_) => "standings",
+            Command::Demo(_) => "demo",
+            Command::Bench(_) => "bench",
+        }
+    }
+}
+
 /// Sizes of the generated data.
 #[derive(Debug, Clone, Args)]
 pub struct SeedArgs {

@@ -21,6 +21,16 @@ pub mod verify;
 pub use cli::Cli;
 
 /// Runs one parsed command line.
+///
+/// Telemetry is set up only when it would send something (an OTLP endpoint or
+/// a Sentry DSN is configured), so everyday use prints no log noise; then a
+/// command runs inside a `tally <command>` span, which is where the trace of
+/// a recorded result starts.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    commands::dispatch(cli).await
+    let exporting = ["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "SENTRY_DSN"]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some_and(|s| !s.is_empty()));
+    let _telemetry = if exporting { tally_service::init_telemetry("tally") } else { None };
+    let span = tracing::info_span!("tally command", otel.name = %format!("tally {}", cli.command.name()));
+    tracing::Instrument::instrument(commands::dispatch(cli), span).await
 }

@@ -70,17 +70,8 @@ where
     Fut: Future<Output = Result<(), JobError>> + Send,
 {
     move |job, ctx| {
-        let span = tracing::info_span!(
-            "job",
-            otel.name = %format!("{} {}", ctx.queue, ctx.kind),
-            queue = %ctx.queue,
-            kind = %ctx.kind,
-            job_id = %ctx.id,
-            attempt = ctx.attempt,
-        );
-        if let Some(trace) = &ctx.trace {
-            tally_telemetry::set_parent_from_traceparent(&span, &trace.traceparent);
-        }
+        let traceparent = ctx.trace.as_ref().map(|t| t.traceparent.clone());
+        let span = tally_telemetry::job_span(&ctx.queue, &ctx.kind, &ctx.id, ctx.attempt, traceparent.as_deref());
         handler(job, ctx).instrument(span)
     }
 }

@@ -1,0 +1,78 @@
+# Shell helpers, sourced by demo.sh and bench.sh: start a private redis-server
+# and PostgreSQL under a state directory on free loopback ports, and stop
+# everything started here on exit. PostgreSQL runs as the `postgres` user
+# when we are root (it refuses to run as root).
+#
+#   source scripts/servers.sh
+#   start_private_redis  "$state"        # exports REDIS_URL
+#   start_private_postgres "$state" db   # exports DATABASE_URL (database recreated)
+
+started_pids=()
+
+say() { printf '\033[1m[%s]\033[0m %s\n' "${TALLY_SCRIPT:-tally}" "$*" >&2; }
+die() { printf '\033[31m[%s] %s\033[0m\n' "${TALLY_SCRIPT:-tally}" "$*" >&2; exit 1; }
+
+stop_started_servers() {
+  local pid
+  for pid in "${started_pids[@]}"; do kill -INT "$pid" 2>/dev/null || true; done
+  for pid in "${started_pids[@]}"; do
+    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+  done
+  started_pids=()
+}
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+pg_bin() {
+  if command -v "$1" >/dev/null 2>&1; then command -v "$1"; return; fi
+  local found
+  found=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+  [ -n "$found" ] || die "PostgreSQL server binaries not found: install the Debian package postgresql"
+  echo "$found/$1"
+}
+
+# start_private_redis STATE_DIR [extra redis-server args...]
+start_private_redis() {
+  local state=$1; shift
+  local port; port=$(free_port)
+  mkdir -p "$state/redis"
+  say "starting a private redis-server on 127.0.0.1:$port (data in $state/redis)"
+  redis-server --port "$port" --bind 127.0.0.1 --dir "$state/redis" --save '' \
+    --logfile "$state/redis.log" --daemonize no "$@" &
+  started_pids+=("$!")
+  export REDIS_URL="redis://127.0.0.1:$port"
+  for _ in $(seq 100); do redis-cli -p "$port" ping >/dev/null 2>&1 && return; sleep 0.05; done
+  die "redis-server did not start, see $state/redis.log"
+}
+
+# start_private_postgres STATE_DIR DATABASE
+start_private_postgres() {
+  local state=$1 db=$2
+  local port; port=$(free_port)
+  local run_as=()
+  if [ "$(id -u)" = 0 ]; then run_as=(setpriv --reuid=postgres --regid=postgres --init-groups); fi
+  if [ ! -f "$state/pg/PG_VERSION" ]; then
+    say "initialising a private PostgreSQL cluster in $state/pg"
+    rm -rf "$state/pg"; mkdir -p "$state/pg"
+    if [ "$(id -u)" = 0 ]; then
+      chown -R postgres:postgres "$state/pg"
+      # The postgres user must be able to reach its directory.
+      local d=$state
+      while [ "$d" != / ]; do chmod o+x "$d" 2>/dev/null || true; d=$(dirname "$d"); done
+    fi
+    "${run_as[@]}" "$(pg_bin initdb)" -D "$state/pg" -U postgres --auth=trust --no-sync -E UTF8 --locale=C \
+      >"$state/initdb.log" 2>&1 || die "initdb failed, see $state/initdb.log"
+  fi
+  say "starting PostgreSQL on 127.0.0.1:$port"
+  "${run_as[@]}" "$(pg_bin postgres)" -D "$state/pg" -p "$port" -k "$state/pg" -c listen_addresses=127.0.0.1 \
+    -c fsync=off -c synchronous_commit=off -c full_page_writes=off >"$state/postgres.log" 2>&1 &
+  started_pids+=("$!")
+  for _ in $(seq 100); do
+    "$(pg_bin pg_isready)" -h 127.0.0.1 -p "$port" -q 2>/dev/null && break; sleep 0.1
+  done
+  "$(pg_bin psql)" -h 127.0.0.1 -p "$port" -U postgres -d postgres -qAt \
+    -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "CREATE DATABASE $db" >/dev/null \
+    || die "cannot create database $db, see $state/postgres.log"
+  export DATABASE_URL="postgres://postgres@127.0.0.1:$port/$db"
+}
