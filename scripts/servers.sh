@@ -26,8 +26,8 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 
 pg_bin() {
   if command -v "$1" >/dev/null 2>&1; then command -v "$1"; return; fi
-  local found
-  found=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+  local found="" dir
+  for dir in /usr/lib/postgresql/*/bin; do [ -d "$dir" ] && found=$(printf '%s\n%s\n' "$found" "$dir" | sort -V | tail -n 1); done
   [ -n "$found" ] || die "PostgreSQL server binaries not found: install the Debian package postgresql"
   echo "$found/$1"
 }

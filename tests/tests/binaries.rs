@@ -16,7 +16,9 @@ fn run(binary: &str, env: &[(&str, &str)], args: &[&str]) -> std::process::Outpu
 
 #[test]
 fn bad_settings_stop_each_binary_with_one_line_naming_the_variable() {
-    let cases: [(&str, &[(&str, &str)], &str); 5] = [
+    let cases: [(&str, &[(&str, &str)], &str); 7] = [
+        ("scoring-worker", &[("DATABASE_URL", "postgres://x/y"), ("SENTRY_DSN", "nonsense")], "invalid SENTRY_DSN"),
+        ("cron-gateway", &[("CRON_SECRET", "0123456789abcdef0"), ("LOG_FORMAT", "xml")], "LOG_FORMAT"),
         ("cron-gateway", &[], "missing setting CRON_SECRET"),
         ("cron-gateway", &[("CRON_SECRET", "short")], "invalid setting CRON_SECRET=(hidden): must be at least 16"),
         ("scoring-worker", &[], "missing setting DATABASE_URL"),
@@ -62,5 +64,23 @@ async fn the_gateway_process_serves_the_cron_contract() {
     assert!(!log.contains(SECRET), "the secret must never reach the logs");
     for (name, status) in stack.stop_all().await {
         assert!(status.expect("stopped").success(), "{name} did not exit 0");
+    }
+}
+
+#[tokio::test]
+async fn without_collector_or_dsn_a_service_starts_with_one_telemetry_line_and_no_warnings() {
+    let mut stack = Stack::new(StackOptions::default()).await.expect("stack");
+    stack.start("stats-worker", "stats-worker").await.expect("stats-worker");
+    stack.start("cron-gateway", "cron-gateway").await.expect("gateway");
+    for (name, status) in stack.stop_all().await {
+        assert!(status.expect("stopped").success(), "{name} did not exit 0");
+    }
+    for name in ["stats-worker", "cron-gateway"] {
+        let log = stack.service(name).log_tail(1000);
+        let telemetry: Vec<&str> = log.lines().filter(|l| l.to_lowercase().contains("telemetry")).collect();
+        assert_eq!(telemetry.len(), 1, "{name}: one telemetry line:\n{log}");
+        assert!(telemetry[0].contains("INFO"), "{name}: {}", telemetry[0]);
+        let noisy: Vec<&str> = log.lines().filter(|l| l.contains("WARN") || l.contains("ERROR")).collect();
+        assert!(noisy.is_empty(), "{name}: warnings or errors in a clean start and stop:\n{}", noisy.join("\n"));
     }
 }

@@ -34,7 +34,13 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let _telemetry = tally_service::init_telemetry("cron-gateway");
+    let _telemetry = match tally_service::init_telemetry("cron-gateway") {
+        Ok(guard) => guard,
+        Err(e) => {
+            eprintln!("cron-gateway: {e}");
+            return ExitCode::from(2);
+        }
+    };
     tracing::info!(settings = %settings.summary(), "starting cron-gateway");
     let result = match Application::build(settings).await {
         Ok(app) => {

@@ -18,14 +18,11 @@ pub use settings::{Env, SettingsError, redact_url};
 pub use shutdown::shutdown_signal;
 pub use worker::{WorkerDeps, WorkerSettings, run_worker};
 
-/// Initialises telemetry for a binary. Telemetry is never a reason not to
-/// run: a failure is reported on stderr and the service goes on without it.
-pub fn init_telemetry(service: &'static str) -> Option<tally_telemetry::TelemetryGuard> {
-    match tally_telemetry::init(service) {
-        Ok(guard) => Some(guard),
-        Err(e) => {
-            eprintln!("{service}: telemetry disabled: {e}");
-            None
-        }
-    }
+/// Initialises telemetry for a binary. A bad telemetry setting (`RUST_LOG`,
+/// `LOG_FORMAT`, `SENTRY_DSN`, `OTEL_*`) is a bad setting like any other: the
+/// caller stops with the error, which names the variable. An unreachable
+/// collector or Sentry is not an error: they are only contacted later, in the
+/// background.
+pub fn init_telemetry(service: &'static str) -> Result<tally_telemetry::TelemetryGuard, tally_telemetry::TelemetryError> {
+    tally_telemetry::init(service)
 }

@@ -156,7 +156,13 @@ pub async fn main(
             return ExitCode::from(2);
         }
     };
-    let _telemetry = crate::init_telemetry(name);
+    let _telemetry = match crate::init_telemetry(name) {
+        Ok(guard) => guard,
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            return ExitCode::from(2);
+        }
+    };
     tracing::info!(settings = %settings.summary(), "starting {name}");
     match run_worker(settings, queue, register, crate::shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,166 @@
+#!/usr/bin/env python3
+"""Tests of the deploy checks themselves: the real overlays pass, and each kind
+of breakage the checks exist for makes them fail (so CI goes red on it).
+
+Run: python3 -m unittest scripts/test_deploy_checks.py  (from the repository root)
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+import unittest
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import check_compose  # noqa: E402
+import check_k8s_invariants as inv  # noqa: E402
+import kustomize_render  # noqa: E402
+
+EXAMPLE = kustomize_render.build(ROOT / "k8s/overlays/example")
+KEDA = kustomize_render.build(ROOT / "k8s/overlays/example-keda")
+
+
+def find(objects, kind, name):
+    return next(o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name)
+
+
+def container(objects, kind, name):
+    obj = find(objects, kind, name)
+    return inv.pod_template(obj)["spec"]["containers"][0]
+
+
+class InvariantsTest(unittest.TestCase):
+    def failures(self, objects):
+        return inv.check(objects).failures
+
+    def assert_fails(self, objects, *needles):
+        failures = self.failures(objects)
+        self.assertTrue(failures, "expected a failure, the checks passed")
+        text = "\n".join(failures)
+        for needle in needles:
+            self.assertIn(needle, text)
+
+    def test_the_real_overlays_pass(self):
+        self.assertEqual(self.failures(EXAMPLE), [])
+        self.assertEqual(self.failures(KEDA), [])
+
+    def test_a_missing_probe_fails(self):
+        objects = copy.deepcopy(EXAMPLE)
+        del container(objects, "Deployment", "stats-worker")["readinessProbe"]
+        self.assert_fails(objects, "Deployment/stats-worker", "readinessProbe is missing")
+
+    def test_a_probe_on_the_wrong_path_fails(self):
+        objects = copy.deepcopy(EXAMPLE)
+        container(objects, "Deployment", "cron-gateway")["livenessProbe"]["httpGet"]["path"] = "/health"
+        self.assert_fails(objects, "livenessProbe path is '/health'")
+
+    def test_a_short_grace_period_fails(self):
+        objects = copy.deepcopy(EXAMPLE)
+        find(objects, "Deployment", "scoring-worker")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] = 20
+        self.assert_fails(objects, "Deployment/scoring-worker", "terminationGracePeriodSeconds=20 is too short")
+
+    def test_a_longer_drain_in_the_configmap_fails_the_grace_period(self):
+        objects = copy.deepcopy(EXAMPLE)
+        find(objects, "ConfigMap", "tally-worker")["data"]["SHUTDOWN_TIMEOUT_SECS"] = "60"
+        self.assert_fails(objects, "SHUTDOWN_TIMEOUT_SECS=60")
+
+    def test_missing_limits_and_security_context_fail(self):
+        objects = copy.deepcopy(EXAMPLE)
+        c = container(objects, "Deployment", "scoring-worker")
+        del c["resources"]["limits"]
+        c["securityContext"]["readOnlyRootFilesystem"] = False
+        c["securityContext"]["capabilities"]["drop"] = []
+        self.assert_fails(objects, "resources.limits.memory is missing", "readOnlyRootFilesystem", "drop must contain ALL")
+
+    def test_cron_path_port_and_auth_must_match_the_gateway(self):
+        for bad_url, needle in [
+            ("http://cron-gateway:8080/api/cron/update-stat", "calls path"),
+            ("http://cron-gateway:80/api/cron/update-stats", "calls port 80"),
+            ("http://scoring-worker:8080/api/cron/update-stats", "calls host"),
+        ]:
+            objects = copy.deepcopy(EXAMPLE)
+            args = container(objects, "CronJob", "update-stats")["args"]
+            args[-1] = bad_url
+            self.assert_fails(objects, needle)
+        objects = copy.deepcopy(EXAMPLE)
+        args = container(objects, "CronJob", "update-stats")["args"]
+        args.remove("--fail-with-body")
+        self.assert_fails(objects, "non-2xx")
+
+    def test_gateway_port_change_without_the_service_fails(self):
+        objects = copy.deepcopy(EXAMPLE)
+        find(objects, "ConfigMap", "tally-gateway")["data"]["BIND_ADDR"] = "0.0.0.0:8081"
+        self.assert_fails(objects, "probes port 8080 but the binary listens on 8081", "BIND_ADDR listens on 8081")
+
+    def test_keda_list_names_follow_the_prefix(self):
+        objects = copy.deepcopy(KEDA)
+        find(objects, "ConfigMap", "tally-common")["data"]["TALLY_QUEUE_PREFIX"] = "prod"
+        self.assert_fails(objects, "listName 'tally:{stats}:ready:high' is not prod:{stats}:ready:")
+        objects = copy.deepcopy(KEDA)
+        find(objects, "ScaledObject", "stats-worker")["spec"]["triggers"][1]["metadata"]["listName"] = "tally:stats:ready:normal"
+        self.assert_fails(objects, "listName 'tally:stats:ready:normal'")
+
+    def test_two_autoscalers_fail(self):
+        hpa = find(EXAMPLE, "HorizontalPodAutoscaler", "stats-worker")
+        objects = copy.deepcopy(KEDA) + [copy.deepcopy(hpa)]
+        self.assert_fails(objects, "exactly one autoscaler")
+
+    def test_unknown_env_names_and_images_fail(self):
+        objects = copy.deepcopy(EXAMPLE)
+        find(objects, "ConfigMap", "tally-worker")["data"]["WORKER_CONCURENCY"] = "5"
+        self.assert_fails(objects, "env WORKER_CONCURENCY is not read by scoring-worker")
+        objects = copy.deepcopy(EXAMPLE)
+        container(objects, "Deployment", "scoring-worker")["image"] = "registry.example.com/tally/stats-worker:0.1.0"
+        self.assert_fails(objects, "runs image of 'stats-worker'")
+        objects = copy.deepcopy(EXAMPLE)
+        container(objects, "CronJob", "update-stats")["image"] = "busybox:1"
+        self.assert_fails(objects, "image 'busybox:1' is not a tally binary")
+
+    def test_an_open_network_policy_fails(self):
+        objects = copy.deepcopy(EXAMPLE)
+        policy = find(objects, "NetworkPolicy", "cron-gateway-ingress")
+        policy["spec"]["ingress"].append({"from": [{"namespaceSelector": {}}]})
+        self.assert_fails(objects, "is not the 'monitoring' namespace")
+
+
+class RendererTest(unittest.TestCase):
+    def test_images_namespace_patch_and_delete(self):
+        gateway = container(EXAMPLE, "Deployment", "cron-gateway")
+        self.assertEqual(gateway["image"], "registry.example.com/tally/cron-gateway:0.1.0")
+        self.assertTrue(all(o["metadata"].get("namespace") == "tally" for o in EXAMPLE if o["kind"] != "Namespace"))
+        data = find(EXAMPLE, "ConfigMap", "tally-common")["data"]
+        self.assertEqual(data["SENTRY_ENVIRONMENT"], "example")
+        self.assertEqual(data["TALLY_QUEUE_PREFIX"], "tally", "patch merges, not replaces")
+        self.assertFalse([o for o in KEDA if o["kind"] == "HorizontalPodAutoscaler"], "delete patch removes the HPA")
+
+    def test_strategic_merge_merges_named_lists(self):
+        base = {"containers": [{"name": "a", "image": "x", "env": [{"name": "A", "value": "1"}]}]}
+        patch = {"containers": [{"name": "a", "env": [{"name": "B", "value": "2"}]}]}
+        merged = kustomize_render.strategic_merge(base, patch)
+        self.assertEqual(merged["containers"][0]["image"], "x")
+        self.assertEqual([e["name"] for e in merged["containers"][0]["env"]], ["A", "B"])
+
+
+class ComposeTest(unittest.TestCase):
+    def test_the_real_compose_file_passes(self):
+        self.assertEqual(check_compose.check(ROOT / "deploy/compose.yaml", ROOT / "deploy/.env.example"), [])
+
+    def test_breakage_is_caught(self):
+        compose = check_compose.load(ROOT / "deploy/compose.yaml")
+        broken = copy.deepcopy(compose)
+        del broken["services"]["redis"]["healthcheck"]
+        broken["services"]["stats-worker"]["depends_on"]["postgress"] = {"condition": "service_healthy"}
+        broken["services"]["scoring-worker"]["environment"]["WORKER_CONCURENCY"] = "5"
+        del broken["services"]["scoring-worker"]["stop_grace_period"]
+        failures = "\n".join(check_compose.check_data(broken, set()))
+        self.assertIn("depends on redis being healthy, but redis has no healthcheck", failures)
+        self.assertIn("depends on unknown service 'postgress'", failures)
+        self.assertIn("WORKER_CONCURENCY is not read by scoring-worker", failures)
+        self.assertIn("stop_grace_period", failures)
+
+
+if __name__ == "__main__":
+    unittest.main()
