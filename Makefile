@@ -40,8 +40,9 @@ bench: deps ## Queue benchmark beside BullMQ, and the pipeline benchmark; figure
 	scripts/bench.sh
 
 .PHONY: check-deploy
-check-deploy: ## Lint the Dockerfile and compose file, render and validate the Kubernetes manifests offline
+check-deploy: ## Lint the Dockerfile and compose file, validate the Kubernetes manifests offline, test the alert rules
 	scripts/validate-deploy.sh
+	scripts/check-alerts.sh
 
 .PHONY: clean-state
 clean-state: ## Remove the demo's local state directory

@@ -92,14 +92,18 @@ pub async fn sample_queue_gauges(admin: QueueAdmin, queues: Vec<String>, every: 
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        // A heartbeat per process and queue: alerts fire when none is fresh.
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
-        for queue in &queues {
-            metrics::gauge!("tally_worker_heartbeat_timestamp_seconds", "queue" => queue.clone()).set(now);
-        }
         for queue in &queues {
             match admin.stats(queue).await {
-                Ok(stats) => record_stats(queue, &stats),
+                Ok(stats) => {
+                    record_stats(queue, &stats);
+                    // The heartbeat means "this worker reaches its queue": it
+                    // stops advancing while Redis is away, so the stale
+                    // heartbeat alert covers that outage too.
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0.0, |d| d.as_secs_f64());
+                    metrics::gauge!("tally_worker_heartbeat_timestamp_seconds", "queue" => queue.clone()).set(now);
+                }
                 Err(e) => tracing::debug!(%queue, error = %e, "queue gauges not sampled"),
             }
         }
