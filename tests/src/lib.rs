@@ -63,7 +63,10 @@ pub struct Stack {
 
 impl std::fmt::Debug for Stack {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Stack").field("prefix", &self.prefix).field("log_dir", &self.log_dir).finish_non_exhaustive()
+        f.debug_struct("Stack")
+            .field("prefix", &self.prefix)
+            .field("log_dir", &self.log_dir)
+            .finish_non_exhaustive()
     }
 }
 
@@ -89,9 +92,11 @@ impl Stack {
             (None, Some(db), url)
         };
         let (redis, redis_url, prefix) = if options.own_redis {
-            let server =
-                tally_testkit::RedisServer::start(tally_testkit::RedisOptions { appendonly: true, extra_args: vec![] })
-                    .await?;
+            let server = tally_testkit::RedisServer::start(tally_testkit::RedisOptions {
+                appendonly: true,
+                extra_args: vec![],
+            })
+            .await?;
             let url = server.url();
             (Some(server), url, "tally".to_owned())
         } else {
@@ -111,7 +116,9 @@ impl Stack {
         tally_store::seed::seed(&mut client, &seed, &|_| {}).await?;
         drop(client);
         let queue = QueueClient::new(&redis_url, QueueConfig::with_prefix(&prefix))?;
-        let log_dir = tally_cli::services::bin_dir().join("e2e-logs").join(uuid::Uuid::new_v4().simple().to_string());
+        let log_dir = tally_cli::services::bin_dir()
+            .join("e2e-logs")
+            .join(uuid::Uuid::new_v4().simple().to_string());
         Ok(Stack {
             database_url,
             redis_url,
@@ -146,7 +153,11 @@ impl Stack {
 
     /// Starts a service binary under an instance name and waits until it is ready.
     pub async fn start(&mut self, binary: &str, name: &str) -> anyhow::Result<()> {
-        let addr_var = if binary == "cron-gateway" { "BIND_ADDR" } else { "HEALTH_ADDR" };
+        let addr_var = if binary == "cron-gateway" {
+            "BIND_ADDR"
+        } else {
+            "HEALTH_ADDR"
+        };
         let mut service = Service::start(binary, name, &self.env(), addr_var, &self.log_dir)?;
         service.wait_ready(Duration::from_secs(30)).await?;
         self.services.push(service);
@@ -155,7 +166,10 @@ impl Stack {
 
     /// The running service with this instance name.
     pub fn service(&mut self, name: &str) -> &mut Service {
-        self.services.iter_mut().find(|s| s.name == name).unwrap_or_else(|| panic!("no service {name}"))
+        self.services
+            .iter_mut()
+            .find(|s| s.name == name)
+            .unwrap_or_else(|| panic!("no service {name}"))
     }
 
     /// The next round of each competition.
@@ -166,7 +180,11 @@ impl Stack {
     /// Runs the `tally` CLI against this stack.
     pub fn tally(&self, args: &[&str]) -> anyhow::Result<Output> {
         let path = tally_cli::services::bin_dir().join("tally");
-        anyhow::ensure!(path.exists(), "{} not found: run `cargo build --bins` first", path.display());
+        anyhow::ensure!(
+            path.exists(),
+            "{} not found: run `cargo build --bins` first",
+            path.display()
+        );
         Ok(std::process::Command::new(path).args(args).envs(self.env()).output()?)
     }
 
@@ -209,8 +227,11 @@ impl Stack {
                 }
             };
             if Instant::now() > deadline {
-                let logs: Vec<String> =
-                    self.services.iter().map(|s| format!("--- {}:\n{}", s.name, s.log_tail(15))).collect();
+                let logs: Vec<String> = self
+                    .services
+                    .iter()
+                    .map(|s| format!("--- {}:\n{}", s.name, s.log_tail(15)))
+                    .collect();
                 anyhow::bail!("not settled after {timeout:?}: {last}\n{}", logs.join("\n"));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;

@@ -75,12 +75,19 @@ async fn serve(stream: tokio::net::TcpStream, sink: Arc<Mutex<Vec<Received>>>) -
                 headers.push((n.trim().to_ascii_lowercase(), v.trim().to_owned()));
             }
         }
-        let len = headers.iter().find(|(n, _)| n == "content-length").and_then(|(_, v)| v.parse().ok()).unwrap_or(0);
+        let len = headers
+            .iter()
+            .find(|(n, _)| n == "content-length")
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(0);
         let mut body = vec![0; len];
         reader.read_exact(&mut body).await?;
         if let Ok(mut r) = sink.lock() {
             r.push(Received { path, headers, body });
         }
-        reader.get_mut().write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: application/json\r\n\r\n{}").await?;
+        reader
+            .get_mut()
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: application/json\r\n\r\n{}")
+            .await?;
     }
 }

@@ -10,20 +10,51 @@ use tally_service::http_client::request;
 
 fn run(binary: &str, env: &[(&str, &str)], args: &[&str]) -> std::process::Output {
     let path = bin_dir().join(binary);
-    assert!(path.exists(), "{} not found: run `cargo build --bins` first", path.display());
-    Command::new(path).env_clear().envs(env.iter().copied()).args(args).output().expect("runs")
+    assert!(
+        path.exists(),
+        "{} not found: run `cargo build --bins` first",
+        path.display()
+    );
+    Command::new(path)
+        .env_clear()
+        .envs(env.iter().copied())
+        .args(args)
+        .output()
+        .expect("runs")
 }
 
 #[test]
 fn bad_settings_stop_each_binary_with_one_line_naming_the_variable() {
-    let cases: [(&str, &[(&str, &str)], &str); 7] = [
-        ("scoring-worker", &[("DATABASE_URL", "postgres://x/y"), ("SENTRY_DSN", "nonsense")], "invalid SENTRY_DSN"),
-        ("cron-gateway", &[("CRON_SECRET", "0123456789abcdef0"), ("LOG_FORMAT", "xml")], "LOG_FORMAT"),
+    /// (binary, environment, what its one stderr line must say)
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+    let cases: [Case; 7] = [
+        (
+            "scoring-worker",
+            &[("DATABASE_URL", "postgres://x/y"), ("SENTRY_DSN", "nonsense")],
+            "invalid SENTRY_DSN",
+        ),
+        (
+            "cron-gateway",
+            &[("CRON_SECRET", "0123456789abcdef0"), ("LOG_FORMAT", "xml")],
+            "LOG_FORMAT",
+        ),
         ("cron-gateway", &[], "missing setting CRON_SECRET"),
-        ("cron-gateway", &[("CRON_SECRET", "short")], "invalid setting CRON_SECRET=(hidden): must be at least 16"),
+        (
+            "cron-gateway",
+            &[("CRON_SECRET", "short")],
+            "invalid setting CRON_SECRET=(hidden): must be at least 16",
+        ),
         ("scoring-worker", &[], "missing setting DATABASE_URL"),
-        ("stats-worker", &[("DATABASE_URL", "postgres://x/y"), ("WORKER_CONCURRENCY", "lots")], "WORKER_CONCURRENCY"),
-        ("stats-worker", &[("DATABASE_URL", "postgres://x/y"), ("HEALTH_ADDR", "nine")], "HEALTH_ADDR"),
+        (
+            "stats-worker",
+            &[("DATABASE_URL", "postgres://x/y"), ("WORKER_CONCURRENCY", "lots")],
+            "WORKER_CONCURRENCY",
+        ),
+        (
+            "stats-worker",
+            &[("DATABASE_URL", "postgres://x/y"), ("HEALTH_ADDR", "nine")],
+            "HEALTH_ADDR",
+        ),
     ];
     for (binary, env, expected) in cases {
         let out = run(binary, env, &[]);
@@ -51,12 +82,26 @@ async fn the_gateway_process_serves_the_cron_contract() {
     stack.start("cron-gateway", "cron-gateway").await.expect("gateway");
     let addr = stack.service("cron-gateway").addr;
     let auth = format!("Bearer {SECRET}");
-    let ok = request(addr, "POST", "/api/cron/update-stats?scope=leaderboard", &[("Authorization", &auth)], b"")
-        .await
-        .expect("response");
+    let ok = request(
+        addr,
+        "POST",
+        "/api/cron/update-stats?scope=leaderboard",
+        &[("Authorization", &auth)],
+        b"",
+    )
+    .await
+    .expect("response");
     assert_eq!(ok.status, 200, "{}", ok.body);
     assert_eq!(ok.json()["scope"], "leaderboard");
-    let denied = request(addr, "POST", "/api/cron/update-stats", &[("Authorization", "Bearer nope")], b"").await.expect("response");
+    let denied = request(
+        addr,
+        "POST",
+        "/api/cron/update-stats",
+        &[("Authorization", "Bearer nope")],
+        b"",
+    )
+    .await
+    .expect("response");
     assert_eq!(denied.status, 401);
     let stats = stack.admin.stats("stats").await.expect("stats");
     assert_eq!(stats.ready, 1, "one refresh enqueued, none for the refused call");
@@ -80,7 +125,14 @@ async fn without_collector_or_dsn_a_service_starts_with_one_telemetry_line_and_n
         let telemetry: Vec<&str> = log.lines().filter(|l| l.to_lowercase().contains("telemetry")).collect();
         assert_eq!(telemetry.len(), 1, "{name}: one telemetry line:\n{log}");
         assert!(telemetry[0].contains("INFO"), "{name}: {}", telemetry[0]);
-        let noisy: Vec<&str> = log.lines().filter(|l| l.contains("WARN") || l.contains("ERROR")).collect();
-        assert!(noisy.is_empty(), "{name}: warnings or errors in a clean start and stop:\n{}", noisy.join("\n"));
+        let noisy: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+            .collect();
+        assert!(
+            noisy.is_empty(),
+            "{name}: warnings or errors in a clean start and stop:\n{}",
+            noisy.join("\n")
+        );
     }
 }

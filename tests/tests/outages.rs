@@ -7,8 +7,16 @@ use tally_e2e::{Stack, StackOptions, score_for};
 
 #[tokio::test]
 async fn postgres_down_for_ten_seconds_delays_jobs_without_killing_them() {
-    let mut stack = Stack::new(StackOptions { own_postgres: true, ..StackOptions::default() }).await.expect("stack");
-    stack.start("scoring-worker", "scoring-worker").await.expect("scoring-worker");
+    let mut stack = Stack::new(StackOptions {
+        own_postgres: true,
+        ..StackOptions::default()
+    })
+    .await
+    .expect("stack");
+    stack
+        .start("scoring-worker", "scoring-worker")
+        .await
+        .expect("scoring-worker");
     stack.start("stats-worker", "stats-worker").await.expect("stats-worker");
     let matchday = stack.matchday().await.expect("matchday");
     // Record the results while the database is up, enqueue the scoring while it is down.
@@ -18,13 +26,29 @@ async fn postgres_down_for_ten_seconds_delays_jobs_without_killing_them() {
     }
     stack.postgres.as_mut().expect("own postgres").stop().await;
     for f in &matchday {
-        stack.producer.enqueue(&tally_jobs::ScoreMatch { match_id: f.id }).await.expect("enqueue while db is down");
+        stack
+            .producer
+            .enqueue(&tally_jobs::ScoreMatch { match_id: f.id })
+            .await
+            .expect("enqueue while db is down");
     }
     tokio::time::sleep(Duration::from_secs(10)).await;
-    stack.postgres.as_mut().expect("own postgres").start_again().await.expect("postgres back");
-    stack.wait_settled(Duration::from_secs(90)).await.expect("jobs retried and completed, none dead");
+    stack
+        .postgres
+        .as_mut()
+        .expect("own postgres")
+        .start_again()
+        .await
+        .expect("postgres back");
+    stack
+        .wait_settled(Duration::from_secs(90))
+        .await
+        .expect("jobs retried and completed, none dead");
     let scoring = stack.admin.stats("scoring").await.expect("stats");
-    assert!(scoring.counters.retried > 0, "the outage was felt: jobs failed and were retried ({scoring:?})");
+    assert!(
+        scoring.counters.retried > 0,
+        "the outage was felt: jobs failed and were retried ({scoring:?})"
+    );
     for (name, status) in stack.stop_all().await {
         assert!(status.expect("stopped").success(), "{name} did not exit 0");
     }
@@ -32,8 +56,16 @@ async fn postgres_down_for_ten_seconds_delays_jobs_without_killing_them() {
 
 #[tokio::test]
 async fn a_redis_restart_mid_run_loses_nothing() {
-    let mut stack = Stack::new(StackOptions { own_redis: true, ..StackOptions::default() }).await.expect("stack");
-    stack.start("scoring-worker", "scoring-worker").await.expect("scoring-worker");
+    let mut stack = Stack::new(StackOptions {
+        own_redis: true,
+        ..StackOptions::default()
+    })
+    .await
+    .expect("stack");
+    stack
+        .start("scoring-worker", "scoring-worker")
+        .await
+        .expect("scoring-worker");
     stack.start("stats-worker", "stats-worker").await.expect("stats-worker");
     stack.start("cron-gateway", "cron-gateway").await.expect("gateway");
     let matchday = stack.matchday().await.expect("matchday");
@@ -42,7 +74,13 @@ async fn a_redis_restart_mid_run_loses_nothing() {
         let (h, a) = score_for(f.id);
         stack.finish(f.id, h, a).await.expect("finish");
     }
-    stack.redis.as_mut().expect("own redis").restart().await.expect("redis restarted");
+    stack
+        .redis
+        .as_mut()
+        .expect("own redis")
+        .restart()
+        .await
+        .expect("redis restarted");
     for f in second {
         let (h, a) = score_for(f.id);
         // The producer reconnects on its own; a call during the restart may fail once.
@@ -53,7 +91,10 @@ async fn a_redis_restart_mid_run_loses_nothing() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-    stack.wait_settled(Duration::from_secs(60)).await.expect("settled after the Redis restart");
+    stack
+        .wait_settled(Duration::from_secs(60))
+        .await
+        .expect("settled after the Redis restart");
     // Each service reconnected: its readiness probe passes again (the first
     // command on a connection Redis dropped may fail; probes tolerate that).
     for name in ["scoring-worker", "stats-worker", "cron-gateway"] {

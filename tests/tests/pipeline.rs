@@ -9,22 +9,41 @@ use tally_e2e::{Stack, StackOptions, score_for};
 const SETTLE: Duration = Duration::from_secs(60);
 
 fn opts() -> StackOptions {
-    StackOptions { users: 300, predictions: 4_000, ..StackOptions::default() }
+    StackOptions {
+        users: 300,
+        predictions: 4_000,
+        ..StackOptions::default()
+    }
 }
 
 #[tokio::test]
 async fn results_recorded_through_the_cli_reach_the_leaderboards_exactly() {
     let mut stack = Stack::new(opts()).await.expect("stack");
-    stack.start("scoring-worker", "scoring-worker").await.expect("scoring-worker");
-    stack.start("stats-worker", "stats-worker-1").await.expect("stats-worker 1");
-    stack.start("stats-worker", "stats-worker-2").await.expect("stats-worker 2");
+    stack
+        .start("scoring-worker", "scoring-worker")
+        .await
+        .expect("scoring-worker");
+    stack
+        .start("stats-worker", "stats-worker-1")
+        .await
+        .expect("stats-worker 1");
+    stack
+        .start("stats-worker", "stats-worker-2")
+        .await
+        .expect("stats-worker 2");
 
     let matchday = stack.matchday().await.expect("matchday");
     assert!(matchday.len() >= 6, "a round per competition");
     for f in &matchday {
         let (h, a) = score_for(f.id);
-        let out = stack.tally(&["match", "finish", &f.id.to_string(), &h.to_string(), &a.to_string()]).expect("cli");
-        assert!(out.status.success(), "tally match finish failed: {}", String::from_utf8_lossy(&out.stderr));
+        let out = stack
+            .tally(&["match", "finish", &f.id.to_string(), &h.to_string(), &a.to_string()])
+            .expect("cli");
+        assert!(
+            out.status.success(),
+            "tally match finish failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert!(String::from_utf8_lossy(&out.stdout).contains("ScoreMatch enqueued"));
     }
     let checked = stack.wait_settled(SETTLE).await.expect("settled and exact");
@@ -40,9 +59,17 @@ async fn results_recorded_through_the_cli_reach_the_leaderboards_exactly() {
     let stats: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     for q in ["scoring", "stats"] {
         let s = &stats["queues"][q];
-        assert_eq!((s["ready"].as_u64(), s["inFlight"].as_u64(), s["dead"].as_u64()), (Some(0), Some(0), Some(0)), "{q}: {s}");
+        assert_eq!(
+            (s["ready"].as_u64(), s["inFlight"].as_u64(), s["dead"].as_u64()),
+            (Some(0), Some(0), Some(0)),
+            "{q}: {s}"
+        );
     }
-    assert_eq!(stats["queues"]["scoring"]["counters"]["completed"].as_u64(), Some(matchday.len() as u64), "{stats}");
+    assert_eq!(
+        stats["queues"]["scoring"]["counters"]["completed"].as_u64(),
+        Some(matchday.len() as u64),
+        "{stats}"
+    );
 
     for (name, status) in stack.stop_all().await {
         assert!(status.expect("stopped").success(), "{name} did not exit 0");
@@ -51,10 +78,25 @@ async fn results_recorded_through_the_cli_reach_the_leaderboards_exactly() {
 
 #[tokio::test]
 async fn workers_killed_with_sigkill_mid_run_leave_the_final_state_exact() {
-    let mut stack = Stack::new(StackOptions { users: 400, predictions: 12_000, ..StackOptions::default() }).await.expect("stack");
-    stack.start("scoring-worker", "scoring-worker").await.expect("scoring-worker");
-    stack.start("stats-worker", "stats-worker-1").await.expect("stats-worker 1");
-    stack.start("stats-worker", "stats-worker-2").await.expect("stats-worker 2");
+    let mut stack = Stack::new(StackOptions {
+        users: 400,
+        predictions: 12_000,
+        ..StackOptions::default()
+    })
+    .await
+    .expect("stack");
+    stack
+        .start("scoring-worker", "scoring-worker")
+        .await
+        .expect("scoring-worker");
+    stack
+        .start("stats-worker", "stats-worker-1")
+        .await
+        .expect("stats-worker 1");
+    stack
+        .start("stats-worker", "stats-worker-2")
+        .await
+        .expect("stats-worker 2");
 
     // Two rounds of results, recorded while the workers are being killed.
     let first = stack.matchday().await.expect("matchday");
@@ -75,11 +117,18 @@ async fn workers_killed_with_sigkill_mid_run_leave_the_final_state_exact() {
         }
         stack.service("stats-worker-1").restart().expect("restart stats");
         stack.service("scoring-worker").restart().expect("restart scoring");
-        stack.service("scoring-worker").wait_ready(Duration::from_secs(20)).await.expect("ready");
+        stack
+            .service("scoring-worker")
+            .wait_ready(Duration::from_secs(20))
+            .await
+            .expect("ready");
     }
     // Leases are 2 s: whatever the killed workers held comes back and runs
     // again; idempotent handlers make the repeat harmless.
-    stack.wait_settled(SETTLE).await.expect("settled and exact after SIGKILLs");
+    stack
+        .wait_settled(SETTLE)
+        .await
+        .expect("settled and exact after SIGKILLs");
     for (name, status) in stack.stop_all().await {
         assert!(status.expect("stopped").success(), "{name} did not exit 0");
     }
@@ -87,8 +136,17 @@ async fn workers_killed_with_sigkill_mid_run_leave_the_final_state_exact() {
 
 #[tokio::test]
 async fn sigterm_under_load_exits_zero_within_the_deadline_and_loses_nothing() {
-    let mut stack = Stack::new(StackOptions { users: 400, predictions: 12_000, ..StackOptions::default() }).await.expect("stack");
-    stack.start("scoring-worker", "scoring-worker").await.expect("scoring-worker");
+    let mut stack = Stack::new(StackOptions {
+        users: 400,
+        predictions: 12_000,
+        ..StackOptions::default()
+    })
+    .await
+    .expect("stack");
+    stack
+        .start("scoring-worker", "scoring-worker")
+        .await
+        .expect("scoring-worker");
     stack.start("stats-worker", "stats-worker").await.expect("stats-worker");
     stack.start("cron-gateway", "cron-gateway").await.expect("gateway");
     let matchday = stack.matchday().await.expect("matchday");
@@ -99,9 +157,17 @@ async fn sigterm_under_load_exits_zero_within_the_deadline_and_loses_nothing() {
     // SHUTDOWN_TIMEOUT_SECS is 5: each must be gone well within 5 s + slack.
     for name in ["scoring-worker", "stats-worker", "cron-gateway"] {
         let started = std::time::Instant::now();
-        let status = stack.service(name).terminate(Duration::from_secs(10)).await.expect("terminated");
+        let status = stack
+            .service(name)
+            .terminate(Duration::from_secs(10))
+            .await
+            .expect("terminated");
         assert!(status.success(), "{name} exited with {status}");
-        assert!(started.elapsed() < Duration::from_secs(8), "{name} took {:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(8),
+            "{name} took {:?}",
+            started.elapsed()
+        );
     }
     // Whatever was running went back to the head of its queue: new workers finish it.
     stack.service("scoring-worker").restart().expect("restart");

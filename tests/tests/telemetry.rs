@@ -79,7 +79,12 @@ fn assert_tree(spans: &[&Span]) {
     let roots: Vec<&&Span> = spans.iter().filter(|s| s.parent.is_empty()).collect();
     assert_eq!(roots.len(), 1, "one root span: {roots:?}");
     for s in spans.iter().filter(|s| !s.parent.is_empty()) {
-        assert!(ids.contains(s.parent.as_slice()), "span {} ({}) has a parent outside the trace", s.name, s.service);
+        assert!(
+            ids.contains(s.parent.as_slice()),
+            "span {} ({}) has a parent outside the trace",
+            s.name,
+            s.service
+        );
     }
 }
 
@@ -92,22 +97,39 @@ async fn one_trace_runs_from_the_cli_through_both_workers_and_from_the_gateway()
     let otlp = Recorder::start().await.expect("collector");
     let mut stack = Stack::new(StackOptions::default()).await.expect("stack");
     stack.extra_env.extend([
-        ("OTEL_EXPORTER_OTLP_ENDPOINT".to_owned(), format!("http://{}", otlp.addr)),
+        (
+            "OTEL_EXPORTER_OTLP_ENDPOINT".to_owned(),
+            format!("http://{}", otlp.addr),
+        ),
         ("OTEL_BSP_SCHEDULE_DELAY".to_owned(), "100".to_owned()),
     ]);
-    for (binary, name) in [("scoring-worker", "scoring-worker"), ("stats-worker", "stats-worker"), ("cron-gateway", "cron-gateway")] {
+    for (binary, name) in [
+        ("scoring-worker", "scoring-worker"),
+        ("stats-worker", "stats-worker"),
+        ("cron-gateway", "cron-gateway"),
+    ] {
         stack.start(binary, name).await.expect(name);
     }
     let fixture = stack.matchday().await.expect("matchday").remove(0);
     let (h, a) = score_for(fixture.id);
-    let out = stack.tally(&["match", "finish", &fixture.id.to_string(), &h.to_string(), &a.to_string()]).expect("cli");
+    let out = stack
+        .tally(&[
+            "match",
+            "finish",
+            &fixture.id.to_string(),
+            &h.to_string(),
+            &a.to_string(),
+        ])
+        .expect("cli");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     stack.wait_settled(Duration::from_secs(30)).await.expect("settled");
 
     // CLI (process 1) → scoring-worker (2) → stats-worker (3).
     let chain = wait_for(Duration::from_secs(15), || {
         let all = spans(&otlp);
-        let root = all.iter().find(|s| s.service == "tally" && s.name == "tally match finish")?;
+        let root = all
+            .iter()
+            .find(|s| s.service == "tally" && s.name == "tally match finish")?;
         let trace: Vec<Span> = trace_of(&all, &root.trace).into_iter().cloned().collect();
         let has = |service: &str, name: &str| trace.iter().any(|s| s.service == service && s.name == name);
         (has("scoring-worker", "scoring score_match") && has("stats-worker", "stats calculate_points")).then_some(trace)
@@ -117,10 +139,23 @@ async fn one_trace_runs_from_the_cli_through_both_workers_and_from_the_gateway()
     let refs: Vec<&Span> = chain.iter().collect();
     assert_tree(&refs);
     let services: HashSet<&str> = chain.iter().map(|s| s.service.as_str()).collect();
-    assert!(services.len() >= 3, "the trace spans at least three processes: {services:?}");
-    let score = chain.iter().find(|s| s.name == "scoring score_match").expect("score span");
-    assert_eq!(parent_of(&refs, score).map(|p| p.service.as_str()), Some("tally"), "ScoreMatch continues the CLI's span");
-    let points = chain.iter().find(|s| s.name == "stats calculate_points").expect("points span");
+    assert!(
+        services.len() >= 3,
+        "the trace spans at least three processes: {services:?}"
+    );
+    let score = chain
+        .iter()
+        .find(|s| s.name == "scoring score_match")
+        .expect("score span");
+    assert_eq!(
+        parent_of(&refs, score).map(|p| p.service.as_str()),
+        Some("tally"),
+        "ScoreMatch continues the CLI's span"
+    );
+    let points = chain
+        .iter()
+        .find(|s| s.name == "stats calculate_points")
+        .expect("points span");
     let mut up = parent_of(&refs, points);
     while let Some(p) = up {
         if p.name == "scoring score_match" {
@@ -129,22 +164,39 @@ async fn one_trace_runs_from_the_cli_through_both_workers_and_from_the_gateway()
         up = parent_of(&refs, p);
     }
     assert!(up.is_some(), "CalculatePoints descends from the ScoreMatch span");
-    let below_score: Vec<&str> =
-        chain.iter().filter(|s| s.parent == score.id && s.service == "scoring-worker").map(|s| s.name.as_str()).collect();
-    assert!(!below_score.is_empty(), "the scoring job has child spans (its SQL work)");
+    let below_score: Vec<&str> = chain
+        .iter()
+        .filter(|s| s.parent == score.id && s.service == "scoring-worker")
+        .map(|s| s.name.as_str())
+        .collect();
+    assert!(
+        !below_score.is_empty(),
+        "the scoring job has child spans (its SQL work)"
+    );
 
     // Gateway (process 1) → stats-worker (2).
     let auth = format!("Bearer {SECRET}");
-    let resp = request(stack.service("cron-gateway").addr, "POST", "/api/cron/update-stats", &[("Authorization", &auth)], b"")
-        .await
-        .expect("cron call");
+    let resp = request(
+        stack.service("cron-gateway").addr,
+        "POST",
+        "/api/cron/update-stats",
+        &[("Authorization", &auth)],
+        b"",
+    )
+    .await
+    .expect("cron call");
     assert_eq!(resp.status, 200);
     stack.wait_settled(Duration::from_secs(30)).await.expect("settled");
     let gateway_trace = wait_for(Duration::from_secs(15), || {
         let all = spans(&otlp);
-        let root = all.iter().find(|s| s.service == "cron-gateway" && s.name == "POST /api/cron/update-stats")?;
+        let root = all
+            .iter()
+            .find(|s| s.service == "cron-gateway" && s.name == "POST /api/cron/update-stats")?;
         let trace: Vec<Span> = trace_of(&all, &root.trace).into_iter().cloned().collect();
-        trace.iter().any(|s| s.service == "stats-worker" && s.name == "stats refresh_views").then_some(trace)
+        trace
+            .iter()
+            .any(|s| s.service == "stats-worker" && s.name == "stats refresh_views")
+            .then_some(trace)
     })
     .await
     .unwrap_or_else(|| panic!("no gateway trace; spans seen: {:#?}", spans(&otlp)));
@@ -159,7 +211,9 @@ fn sentry_events(recorder: &Recorder) -> Vec<serde_json::Value> {
         let text = String::from_utf8_lossy(&r.body);
         let lines: Vec<&str> = text.lines().collect();
         for pair in lines.windows(2) {
-            let Ok(header) = serde_json::from_str::<serde_json::Value>(pair[0]) else { continue };
+            let Ok(header) = serde_json::from_str::<serde_json::Value>(pair[0]) else {
+                continue;
+            };
             if header["type"] == "event"
                 && let Ok(event) = serde_json::from_str::<serde_json::Value>(pair[1])
             {
@@ -174,8 +228,13 @@ fn sentry_events(recorder: &Recorder) -> Vec<serde_json::Value> {
 async fn sentry_gets_one_event_for_a_dead_job_and_none_for_a_retried_success() {
     let sentry = Recorder::start().await.expect("sentry");
     let mut stack = Stack::new(StackOptions::default()).await.expect("stack");
-    stack.extra_env.push(("SENTRY_DSN".to_owned(), format!("http://public@{}/1", sentry.addr)));
-    stack.start("scoring-worker", "scoring-worker").await.expect("scoring-worker");
+    stack
+        .extra_env
+        .push(("SENTRY_DSN".to_owned(), format!("http://public@{}/1", sentry.addr)));
+    stack
+        .start("scoring-worker", "scoring-worker")
+        .await
+        .expect("scoring-worker");
     stack.start("stats-worker", "stats-worker").await.expect("stats-worker");
 
     // Retried, then successful: points asked for before the match is scored
@@ -185,13 +244,24 @@ async fn sentry_gets_one_event_for_a_dead_job_and_none_for_a_retried_success() {
     stack.store.record_result(fixture.id, h, a).await.expect("record");
     let early = stack
         .producer
-        .enqueue(&tally_jobs::CalculatePoints { match_id: fixture.id, priority: tally_jobs::Priority::Normal })
+        .enqueue(&tally_jobs::CalculatePoints {
+            match_id: fixture.id,
+            priority: tally_jobs::Priority::Normal,
+        })
         .await
         .expect("enqueue");
     tokio::time::sleep(Duration::from_millis(500)).await;
-    stack.producer.enqueue(&tally_jobs::ScoreMatch { match_id: fixture.id }).await.expect("enqueue");
+    stack
+        .producer
+        .enqueue(&tally_jobs::ScoreMatch { match_id: fixture.id })
+        .await
+        .expect("enqueue");
     // Dead at once: the match does not exist, so the handler gives up.
-    let doomed = stack.producer.enqueue(&tally_jobs::ScoreMatch { match_id: 987_654 }).await.expect("enqueue");
+    let doomed = stack
+        .producer
+        .enqueue(&tally_jobs::ScoreMatch { match_id: 987_654 })
+        .await
+        .expect("enqueue");
 
     let admin = stack.admin.clone();
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -201,10 +271,16 @@ async fn sentry_gets_one_event_for_a_dead_job_and_none_for_a_retried_success() {
         if scoring.dead == 1 && stats.counters.retried >= 1 && stats.ready + stats.scheduled + stats.in_flight == 0 {
             break;
         }
-        assert!(Instant::now() < deadline, "work did not finish: scoring {scoring:?} stats {stats:?}");
+        assert!(
+            Instant::now() < deadline,
+            "work did not finish: scoring {scoring:?} stats {stats:?}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert!(admin.dead_get("stats", &early.id).await.expect("dead_get").is_none(), "the retried job succeeded");
+    assert!(
+        admin.dead_get("stats", &early.id).await.expect("dead_get").is_none(),
+        "the retried job succeeded"
+    );
 
     let events = wait_for(Duration::from_secs(10), || {
         let e = sentry_events(&sentry);
@@ -214,7 +290,11 @@ async fn sentry_gets_one_event_for_a_dead_job_and_none_for_a_retried_success() {
     .expect("a Sentry event for the dead job");
     // Give a stray second event the chance to show up before counting.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let events = if sentry_events(&sentry).len() > events.len() { sentry_events(&sentry) } else { events };
+    let events = if sentry_events(&sentry).len() > events.len() {
+        sentry_events(&sentry)
+    } else {
+        events
+    };
     assert_eq!(events.len(), 1, "exactly one event: {events:#?}");
     let tags = &events[0]["tags"];
     assert_eq!(tags["queue"], "scoring", "{tags}");
@@ -242,7 +322,10 @@ fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
 #[tokio::test]
 async fn metrics_of_each_service_match_the_work_done() {
     let mut stack = Stack::new(StackOptions::default()).await.expect("stack");
-    stack.start("scoring-worker", "scoring-worker").await.expect("scoring-worker");
+    stack
+        .start("scoring-worker", "scoring-worker")
+        .await
+        .expect("scoring-worker");
     stack.start("stats-worker", "stats-worker").await.expect("stats-worker");
     stack.start("cron-gateway", "cron-gateway").await.expect("gateway");
     let matchday = stack.matchday().await.expect("matchday");
@@ -253,29 +336,107 @@ async fn metrics_of_each_service_match_the_work_done() {
     stack.wait_settled(Duration::from_secs(30)).await.expect("settled");
     let gateway = stack.service("cron-gateway").addr;
     let auth = format!("Bearer {SECRET}");
-    assert_eq!(request(gateway, "POST", "/api/cron/update-stats", &[("Authorization", &auth)], b"").await.expect("ok").status, 200);
-    assert_eq!(request(gateway, "POST", "/api/cron/update-stats", &[], b"").await.expect("denied").status, 401);
+    assert_eq!(
+        request(
+            gateway,
+            "POST",
+            "/api/cron/update-stats",
+            &[("Authorization", &auth)],
+            b""
+        )
+        .await
+        .expect("ok")
+        .status,
+        200
+    );
+    assert_eq!(
+        request(gateway, "POST", "/api/cron/update-stats", &[], b"")
+            .await
+            .expect("denied")
+            .status,
+        401
+    );
     stack.wait_settled(Duration::from_secs(30)).await.expect("settled");
     let n = matchday.len() as f64;
 
-    let scoring = get(stack.service("scoring-worker").addr, "/metrics").await.expect("metrics").body;
-    assert_eq!(metric(&scoring, "tally_jobs_completed_total", &[("queue", "scoring"), ("kind", "score_match")]), Some(n), "{scoring}");
-    assert_eq!(metric(&scoring, "tally_job_duration_seconds_count", &[("kind", "score_match")]), Some(n), "{scoring}");
-    assert_eq!(metric(&scoring, "tally_job_wait_seconds_count", &[("kind", "score_match")]), Some(n), "{scoring}");
-    assert_eq!(metric(&scoring, "tally_jobs_dead_total", &[("kind", "score_match")]), None, "nothing died");
+    let scoring = get(stack.service("scoring-worker").addr, "/metrics")
+        .await
+        .expect("metrics")
+        .body;
+    assert_eq!(
+        metric(
+            &scoring,
+            "tally_jobs_completed_total",
+            &[("queue", "scoring"), ("kind", "score_match")]
+        ),
+        Some(n),
+        "{scoring}"
+    );
+    assert_eq!(
+        metric(&scoring, "tally_job_duration_seconds_count", &[("kind", "score_match")]),
+        Some(n),
+        "{scoring}"
+    );
+    assert_eq!(
+        metric(&scoring, "tally_job_wait_seconds_count", &[("kind", "score_match")]),
+        Some(n),
+        "{scoring}"
+    );
+    assert_eq!(
+        metric(&scoring, "tally_jobs_dead_total", &[("kind", "score_match")]),
+        None,
+        "nothing died"
+    );
 
-    let stats = get(stack.service("stats-worker").addr, "/metrics").await.expect("metrics").body;
-    assert_eq!(metric(&stats, "tally_jobs_completed_total", &[("kind", "calculate_points")]), Some(n), "{stats}");
+    let stats = get(stack.service("stats-worker").addr, "/metrics")
+        .await
+        .expect("metrics")
+        .body;
+    assert_eq!(
+        metric(&stats, "tally_jobs_completed_total", &[("kind", "calculate_points")]),
+        Some(n),
+        "{stats}"
+    );
     let refreshes = metric(&stats, "tally_jobs_completed_total", &[("kind", "refresh_views")]).expect("refreshes");
-    assert!((1.0..=n + 1.0).contains(&refreshes), "refreshes coalesce: {refreshes} for {n} results + 1 cron call");
+    assert!(
+        (1.0..=n + 1.0).contains(&refreshes),
+        "refreshes coalesce: {refreshes} for {n} results + 1 cron call"
+    );
     // Queue gauges are sampled every 5 s from the first moment on.
-    assert!(metric(&stats, "tally_queue_ready_jobs", &[("queue", "stats"), ("priority", "normal")]).is_some(), "{stats}");
-    assert!(metric(&stats, "tally_queue_oldest_ready_age_seconds", &[("queue", "stats")]).is_some(), "{stats}");
+    assert!(
+        metric(
+            &stats,
+            "tally_queue_ready_jobs",
+            &[("queue", "stats"), ("priority", "normal")]
+        )
+        .is_some(),
+        "{stats}"
+    );
+    assert!(
+        metric(&stats, "tally_queue_oldest_ready_age_seconds", &[("queue", "stats")]).is_some(),
+        "{stats}"
+    );
 
     let http = get(gateway, "/metrics").await.expect("metrics").body;
     let route = ("route", "/api/cron/update-stats");
-    assert_eq!(metric(&http, "tally_http_requests_total", &[route, ("status", "200")]), Some(1.0), "{http}");
-    assert_eq!(metric(&http, "tally_http_requests_total", &[route, ("status", "401")]), Some(1.0), "{http}");
-    assert!(metric(&http, "tally_http_request_duration_seconds_count", &[route, ("status", "200")]).is_some(), "{http}");
+    assert_eq!(
+        metric(&http, "tally_http_requests_total", &[route, ("status", "200")]),
+        Some(1.0),
+        "{http}"
+    );
+    assert_eq!(
+        metric(&http, "tally_http_requests_total", &[route, ("status", "401")]),
+        Some(1.0),
+        "{http}"
+    );
+    assert!(
+        metric(
+            &http,
+            "tally_http_request_duration_seconds_count",
+            &[route, ("status", "200")]
+        )
+        .is_some(),
+        "{http}"
+    );
     let _ = stack.stop_all().await;
 }

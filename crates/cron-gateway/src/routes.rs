@@ -126,15 +126,22 @@ pub async fn update_stats(
     drain_body(payload, limit).await?;
     let scope = parse_scope(req.query_string())?;
 
-    let options = EnqueueOptions { trace: tally_service::observe::current_trace(), ..EnqueueOptions::default() };
-    let enqueued = state.producer.enqueue_with(&RefreshViews { scope }, options).await.map_err(|e| {
-        tracing::error!(error = %e, "cannot enqueue RefreshViews");
-        if e.is_unavailable() {
-            ApiError::Unavailable
-        } else {
-            ApiError::Internal
-        }
-    })?;
+    let options = EnqueueOptions {
+        trace: tally_service::observe::current_trace(),
+        ..EnqueueOptions::default()
+    };
+    let enqueued = state
+        .producer
+        .enqueue_with(&RefreshViews { scope }, options)
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "cannot enqueue RefreshViews");
+            if e.is_unavailable() {
+                ApiError::Unavailable
+            } else {
+                ApiError::Internal
+            }
+        })?;
     tracing::info!(%scope, job_id = %enqueued.id, deduplicated = enqueued.deduplicated, "refresh requested");
     Ok(HttpResponse::Ok().json(json!({
         "success": true,

@@ -27,10 +27,18 @@ pub use cli::Cli;
 /// command runs inside a `tally <command>` span, which is where the trace of
 /// a recorded result starts.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    let exporting = ["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "SENTRY_DSN"]
-        .iter()
-        .any(|v| std::env::var_os(v).is_some_and(|s| !s.is_empty()));
-    let _telemetry = if exporting { Some(tally_service::init_telemetry("tally")?) } else { None };
+    let exporting = [
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "SENTRY_DSN",
+    ]
+    .iter()
+    .any(|v| std::env::var_os(v).is_some_and(|s| !s.is_empty()));
+    let _telemetry = if exporting {
+        Some(tally_service::init_telemetry("tally")?)
+    } else {
+        None
+    };
     let span = tracing::info_span!("tally command", otel.name = %format!("tally {}", cli.command.name()));
     tracing::Instrument::instrument(commands::dispatch(cli), span).await
 }

@@ -70,11 +70,7 @@ impl Progress {
 
     /// Shows `done` of `total` for `stage`.
     pub fn update(&self, stage: &str, done: u64, total: u64) {
-        let pct = if total == 0 {
-            100
-        } else {
-            done.saturating_mul(100) / total
-        };
+        let pct = done.saturating_mul(100).checked_div(total).unwrap_or(100);
         let mut last = self.label.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let new_stage = last.0 != stage;
         if !self.tty && !new_stage && pct / 10 == last.1 / 10 && done != total {

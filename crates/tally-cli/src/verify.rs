@@ -20,6 +20,10 @@ pub struct Checked {
     pub finished_matches: usize,
 }
 
+/// One league table line as compared: (team, played, won, drawn, lost,
+/// goals for, goals against, points).
+type TableRow = (i64, i64, i64, i64, i64, i64, i64, i64);
+
 #[derive(Debug, Default, Clone, Copy)]
 struct Totals {
     points: i64,
@@ -121,7 +125,7 @@ pub async fn verify(store: &Store) -> anyhow::Result<Result<Checked, String>> {
     for &competition in &competitions {
         let expected = brute_standings(&client, competition).await?;
         let published: Vec<StandingRow> = store.standings(competition).await?;
-        let got: Vec<(i64, i64, i64, i64, i64, i64, i64, i64)> = published
+        let got: Vec<TableRow> = published
             .iter()
             .map(|r| {
                 (
@@ -155,10 +159,7 @@ pub async fn verify(store: &Store) -> anyhow::Result<Result<Checked, String>> {
 
 /// The league table from finished matches: (team, P, W, D, L, GF, GA, pts),
 /// ordered by points, goal difference, goals for, then name.
-async fn brute_standings(
-    client: &tokio_postgres::Client,
-    competition: i64,
-) -> anyhow::Result<Vec<(i64, i64, i64, i64, i64, i64, i64, i64)>> {
+async fn brute_standings(client: &tokio_postgres::Client, competition: i64) -> anyhow::Result<Vec<TableRow>> {
     let teams = client
         .query(
             "SELECT DISTINCT t.id, t.name FROM teams t JOIN matches m

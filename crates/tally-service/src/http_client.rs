@@ -4,7 +4,7 @@
 //! body byte for byte, without pulling an HTTP client crate and its TLS stack
 //! into the build. Plain HTTP on trusted networks only.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{fmt::Write as _, net::SocketAddr, time::Duration};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -43,10 +43,10 @@ pub async fn request(
         let mut stream = tokio::net::TcpStream::connect(addr).await?;
         let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
         for (name, value) in headers {
-            head.push_str(&format!("{name}: {value}\r\n"));
+            let _ = write!(head, "{name}: {value}\r\n");
         }
         if !body.is_empty() || method == "POST" {
-            head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+            let _ = write!(head, "Content-Length: {}\r\n", body.len());
         }
         head.push_str("\r\n");
         stream.write_all(head.as_bytes()).await?;

@@ -23,6 +23,8 @@ pub use worker::{WorkerDeps, WorkerSettings, run_worker};
 /// caller stops with the error, which names the variable. An unreachable
 /// collector or Sentry is not an error: they are only contacted later, in the
 /// background.
-pub fn init_telemetry(service: &'static str) -> Result<tally_telemetry::TelemetryGuard, tally_telemetry::TelemetryError> {
+pub fn init_telemetry(
+    service: &'static str,
+) -> Result<tally_telemetry::TelemetryGuard, tally_telemetry::TelemetryError> {
     tally_telemetry::init(service)
 }

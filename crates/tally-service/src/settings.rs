@@ -30,9 +30,12 @@ pub enum SettingsError {
     },
 }
 
+/// How [`Env`] reads one variable.
+type Lookup = Box<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
 /// A view of the environment; tests pass a map instead of the real one.
 pub struct Env {
-    lookup: Box<dyn Fn(&str) -> Option<String> + Send + Sync>,
+    lookup: Lookup,
 }
 
 impl std::fmt::Debug for Env {

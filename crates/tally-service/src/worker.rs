@@ -182,7 +182,7 @@ pub fn store_job_error(error: &tally_store::StoreError) -> tally_queue::JobError
     use tally_queue::JobError;
     match error {
         tally_store::StoreError::MatchNotFinished { .. } if error.is_transient() => {
-            JobError::RetryAfter(Duration::from_secs(60), error.to_string())
+            JobError::RetryAfter(Duration::from_mins(1), error.to_string())
         }
         _ if error.is_transient() => JobError::retry(error),
         _ => JobError::give_up(error),
