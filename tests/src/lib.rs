@@ -164,6 +164,33 @@ impl Stack {
         Ok(())
     }
 
+    /// Starts several services, `(binary, instance name)`, each awaited ready.
+    pub async fn start_services(&mut self, services: &[(&str, &str)]) {
+        for (binary, name) in services {
+            self.start(binary, name)
+                .await
+                .unwrap_or_else(|e| panic!("{name} did not start: {e:#}"));
+        }
+    }
+
+    /// Records a deterministic result ([`score_for`]) for each fixture.
+    pub async fn finish_all(&self, fixtures: &[Fixture]) {
+        for f in fixtures {
+            let (h, a) = score_for(f.id);
+            self.finish(f.id, h, a)
+                .await
+                .unwrap_or_else(|e| panic!("match {}: {e:#}", f.id));
+        }
+    }
+
+    /// Stops every running service with SIGTERM and asserts each exits 0.
+    pub async fn stop_cleanly(&mut self) {
+        for (name, status) in self.stop_all().await {
+            let status = status.unwrap_or_else(|e| panic!("{name}: {e:#}"));
+            assert!(status.success(), "{name} exited with {status}");
+        }
+    }
+
     /// The running service with this instance name.
     pub fn service(&mut self, name: &str) -> &mut Service {
         self.services

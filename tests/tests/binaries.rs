@@ -107,19 +107,16 @@ async fn the_gateway_process_serves_the_cron_contract() {
     assert_eq!(stats.ready, 1, "one refresh enqueued, none for the refused call");
     let log = stack.service("cron-gateway").log_tail(200);
     assert!(!log.contains(SECRET), "the secret must never reach the logs");
-    for (name, status) in stack.stop_all().await {
-        assert!(status.expect("stopped").success(), "{name} did not exit 0");
-    }
+    stack.stop_cleanly().await;
 }
 
 #[tokio::test]
 async fn without_collector_or_dsn_a_service_starts_with_one_telemetry_line_and_no_warnings() {
     let mut stack = Stack::new(StackOptions::default()).await.expect("stack");
-    stack.start("stats-worker", "stats-worker").await.expect("stats-worker");
-    stack.start("cron-gateway", "cron-gateway").await.expect("gateway");
-    for (name, status) in stack.stop_all().await {
-        assert!(status.expect("stopped").success(), "{name} did not exit 0");
-    }
+    stack
+        .start_services(&[("stats-worker", "stats-worker"), ("cron-gateway", "cron-gateway")])
+        .await;
+    stack.stop_cleanly().await;
     for name in ["stats-worker", "cron-gateway"] {
         let log = stack.service(name).log_tail(1000);
         let telemetry: Vec<&str> = log.lines().filter(|l| l.to_lowercase().contains("telemetry")).collect();

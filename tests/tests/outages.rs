@@ -14,10 +14,8 @@ async fn postgres_down_for_ten_seconds_delays_jobs_without_killing_them() {
     .await
     .expect("stack");
     stack
-        .start("scoring-worker", "scoring-worker")
-        .await
-        .expect("scoring-worker");
-    stack.start("stats-worker", "stats-worker").await.expect("stats-worker");
+        .start_services(&[("scoring-worker", "scoring-worker"), ("stats-worker", "stats-worker")])
+        .await;
     let matchday = stack.matchday().await.expect("matchday");
     // Record the results while the database is up, enqueue the scoring while it is down.
     for f in &matchday {
@@ -49,9 +47,7 @@ async fn postgres_down_for_ten_seconds_delays_jobs_without_killing_them() {
         scoring.counters.retried > 0,
         "the outage was felt: jobs failed and were retried ({scoring:?})"
     );
-    for (name, status) in stack.stop_all().await {
-        assert!(status.expect("stopped").success(), "{name} did not exit 0");
-    }
+    stack.stop_cleanly().await;
 }
 
 #[tokio::test]
@@ -63,17 +59,15 @@ async fn a_redis_restart_mid_run_loses_nothing() {
     .await
     .expect("stack");
     stack
-        .start("scoring-worker", "scoring-worker")
-        .await
-        .expect("scoring-worker");
-    stack.start("stats-worker", "stats-worker").await.expect("stats-worker");
-    stack.start("cron-gateway", "cron-gateway").await.expect("gateway");
+        .start_services(&[
+            ("scoring-worker", "scoring-worker"),
+            ("stats-worker", "stats-worker"),
+            ("cron-gateway", "cron-gateway"),
+        ])
+        .await;
     let matchday = stack.matchday().await.expect("matchday");
     let (first, second) = matchday.split_at(matchday.len() / 2);
-    for f in first {
-        let (h, a) = score_for(f.id);
-        stack.finish(f.id, h, a).await.expect("finish");
-    }
+    stack.finish_all(first).await;
     stack
         .redis
         .as_mut()
@@ -111,7 +105,5 @@ async fn a_redis_restart_mid_run_loses_nothing() {
         }
         assert_eq!(last, None, "{name} did not reconnect");
     }
-    for (name, status) in stack.stop_all().await {
-        assert!(status.expect("stopped").success(), "{name} did not exit 0");
-    }
+    stack.stop_cleanly().await;
 }

@@ -20,17 +20,12 @@ fn opts() -> StackOptions {
 async fn results_recorded_through_the_cli_reach_the_leaderboards_exactly() {
     let mut stack = Stack::new(opts()).await.expect("stack");
     stack
-        .start("scoring-worker", "scoring-worker")
-        .await
-        .expect("scoring-worker");
-    stack
-        .start("stats-worker", "stats-worker-1")
-        .await
-        .expect("stats-worker 1");
-    stack
-        .start("stats-worker", "stats-worker-2")
-        .await
-        .expect("stats-worker 2");
+        .start_services(&[
+            ("scoring-worker", "scoring-worker"),
+            ("stats-worker", "stats-worker-1"),
+            ("stats-worker", "stats-worker-2"),
+        ])
+        .await;
 
     let matchday = stack.matchday().await.expect("matchday");
     assert!(matchday.len() >= 6, "a round per competition");
@@ -71,9 +66,7 @@ async fn results_recorded_through_the_cli_reach_the_leaderboards_exactly() {
         "{stats}"
     );
 
-    for (name, status) in stack.stop_all().await {
-        assert!(status.expect("stopped").success(), "{name} did not exit 0");
-    }
+    stack.stop_cleanly().await;
 }
 
 #[tokio::test]
@@ -86,34 +79,23 @@ async fn workers_killed_with_sigkill_mid_run_leave_the_final_state_exact() {
     .await
     .expect("stack");
     stack
-        .start("scoring-worker", "scoring-worker")
-        .await
-        .expect("scoring-worker");
-    stack
-        .start("stats-worker", "stats-worker-1")
-        .await
-        .expect("stats-worker 1");
-    stack
-        .start("stats-worker", "stats-worker-2")
-        .await
-        .expect("stats-worker 2");
+        .start_services(&[
+            ("scoring-worker", "scoring-worker"),
+            ("stats-worker", "stats-worker-1"),
+            ("stats-worker", "stats-worker-2"),
+        ])
+        .await;
 
     // Two rounds of results, recorded while the workers are being killed.
     let first = stack.matchday().await.expect("matchday");
-    for f in &first {
-        let (h, a) = score_for(f.id);
-        stack.finish(f.id, h, a).await.expect("finish");
-    }
+    stack.finish_all(&first).await;
     for round in 0..3 {
         tokio::time::sleep(Duration::from_millis(30 + 20 * round)).await;
         stack.service("stats-worker-1").kill9().await.expect("kill stats");
         stack.service("scoring-worker").kill9().await.expect("kill scoring");
         if round == 1 {
             let second = stack.matchday().await.expect("matchday");
-            for f in &second {
-                let (h, a) = score_for(f.id);
-                stack.finish(f.id, h, a).await.expect("finish");
-            }
+            stack.finish_all(&second).await;
         }
         stack.service("stats-worker-1").restart().expect("restart stats");
         stack.service("scoring-worker").restart().expect("restart scoring");
@@ -129,9 +111,7 @@ async fn workers_killed_with_sigkill_mid_run_leave_the_final_state_exact() {
         .wait_settled(SETTLE)
         .await
         .expect("settled and exact after SIGKILLs");
-    for (name, status) in stack.stop_all().await {
-        assert!(status.expect("stopped").success(), "{name} did not exit 0");
-    }
+    stack.stop_cleanly().await;
 }
 
 #[tokio::test]
@@ -144,16 +124,14 @@ async fn sigterm_under_load_exits_zero_within_the_deadline_and_loses_nothing() {
     .await
     .expect("stack");
     stack
-        .start("scoring-worker", "scoring-worker")
-        .await
-        .expect("scoring-worker");
-    stack.start("stats-worker", "stats-worker").await.expect("stats-worker");
-    stack.start("cron-gateway", "cron-gateway").await.expect("gateway");
+        .start_services(&[
+            ("scoring-worker", "scoring-worker"),
+            ("stats-worker", "stats-worker"),
+            ("cron-gateway", "cron-gateway"),
+        ])
+        .await;
     let matchday = stack.matchday().await.expect("matchday");
-    for f in &matchday {
-        let (h, a) = score_for(f.id);
-        stack.finish(f.id, h, a).await.expect("finish");
-    }
+    stack.finish_all(&matchday).await;
     // SHUTDOWN_TIMEOUT_SECS is 5: each must be gone well within 5 s + slack.
     for name in ["scoring-worker", "stats-worker", "cron-gateway"] {
         let started = std::time::Instant::now();

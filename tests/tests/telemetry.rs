@@ -232,10 +232,8 @@ async fn sentry_gets_one_event_for_a_dead_job_and_none_for_a_retried_success() {
         .extra_env
         .push(("SENTRY_DSN".to_owned(), format!("http://public@{}/1", sentry.addr)));
     stack
-        .start("scoring-worker", "scoring-worker")
-        .await
-        .expect("scoring-worker");
-    stack.start("stats-worker", "stats-worker").await.expect("stats-worker");
+        .start_services(&[("scoring-worker", "scoring-worker"), ("stats-worker", "stats-worker")])
+        .await;
 
     // Retried, then successful: points asked for before the match is scored
     // fail (not scored yet), are retried after the backoff, and succeed.
@@ -323,16 +321,14 @@ fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
 async fn metrics_of_each_service_match_the_work_done() {
     let mut stack = Stack::new(StackOptions::default()).await.expect("stack");
     stack
-        .start("scoring-worker", "scoring-worker")
-        .await
-        .expect("scoring-worker");
-    stack.start("stats-worker", "stats-worker").await.expect("stats-worker");
-    stack.start("cron-gateway", "cron-gateway").await.expect("gateway");
+        .start_services(&[
+            ("scoring-worker", "scoring-worker"),
+            ("stats-worker", "stats-worker"),
+            ("cron-gateway", "cron-gateway"),
+        ])
+        .await;
     let matchday = stack.matchday().await.expect("matchday");
-    for f in &matchday {
-        let (h, a) = score_for(f.id);
-        stack.finish(f.id, h, a).await.expect("finish");
-    }
+    stack.finish_all(&matchday).await;
     stack.wait_settled(Duration::from_secs(30)).await.expect("settled");
     let gateway = stack.service("cron-gateway").addr;
     let auth = format!("Bearer {SECRET}");
