@@ -436,3 +436,66 @@ async fn metrics_of_each_service_match_the_work_done() {
     );
     let _ = stack.stop_all().await;
 }
+
+#[tokio::test]
+async fn gateway_server_errors_reach_sentry_and_client_errors_do_not() {
+    let sentry = Recorder::start().await.expect("sentry");
+    let mut stack = Stack::new(StackOptions::default()).await.expect("stack");
+    stack
+        .extra_env
+        .push(("SENTRY_DSN".to_owned(), format!("http://public@{}/1", sentry.addr)));
+    // A Redis nobody listens on: the cron call cannot enqueue and gets 503.
+    let closed = tally_cli::services::free_port().expect("port");
+    stack.redis_url = format!("redis://127.0.0.1:{closed}");
+    let addr_var = "BIND_ADDR";
+    let mut gateway =
+        tally_cli::services::Service::start("cron-gateway", "cron-gateway", &stack.env(), addr_var, &stack.log_dir)
+            .expect("gateway");
+    // Alive (healthz) even though not ready: wait for the listener.
+    let mut alive = false;
+    for _ in 0..100 {
+        if get(gateway.addr, "/healthz").await.is_ok_and(|r| r.status == 200) {
+            alive = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(alive, "gateway did not come up:\n{}", gateway.log_tail(20));
+    let auth = format!("Bearer {SECRET}");
+    let unavailable = request(
+        gateway.addr,
+        "POST",
+        "/api/cron/update-stats",
+        &[("Authorization", &auth)],
+        b"",
+    )
+    .await
+    .expect("response");
+    assert_eq!(unavailable.status, 503, "{}", unavailable.body);
+    let denied = request(gateway.addr, "POST", "/api/cron/update-stats", &[], b"")
+        .await
+        .expect("response");
+    assert_eq!(denied.status, 401);
+    let events = wait_for(Duration::from_secs(10), || {
+        let e = sentry_events(&sentry);
+        (!e.is_empty()).then_some(e)
+    })
+    .await
+    .expect("a Sentry event for the 503");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Sentry leaves out the default level (error) when serialising.
+    let events = sentry_events(&sentry);
+    assert_eq!(events.len(), 1, "one event for one 5xx, none for the 401: {events:#?}");
+    assert_eq!(
+        events[0]["message"], "cron-gateway answered with a server error",
+        "{events:#?}"
+    );
+    let text = serde_json::to_string(&events).expect("json");
+    assert!(text.contains("503"), "the event names the status: {text}");
+    assert!(
+        !text.contains("401 Unauthorized") && !text.contains(SECRET),
+        "no event for 401, no secret: {text}"
+    );
+    let status = gateway.terminate(Duration::from_secs(15)).await.expect("stopped");
+    assert!(status.success());
+}

@@ -135,7 +135,9 @@ pub async fn update_stats(
         .enqueue_with(&RefreshViews { scope }, options)
         .await
         .map_err(|e| {
-            tracing::error!(error = %e, "cannot enqueue RefreshViews");
+            // A warning: the 5xx itself is reported once, by the request
+            // middleware; this line adds the cause (a breadcrumb in Sentry).
+            tracing::warn!(error = %e, "cannot enqueue RefreshViews");
             if e.is_unavailable() {
                 ApiError::Unavailable
             } else {
