@@ -1,0 +1,107 @@
+-- enqueue_jobs.lua: adds one or more jobs to a queue, now or at a due time,
+-- coalescing a job into a waiting one with the same dedup key.
+--
+-- KEYS[1] jobs        hash  id -> envelope JSON
+-- KEYS[2] state       hash  id -> per-job state (see _shared.lua)
+-- KEYS[3] scheduled   zset  id by due ms (delayed jobs and retries)
+-- KEYS[4] dedup       hash  dedup key -> id of the waiting job
+-- KEYS[5] stats       hash  counters
+-- KEYS[6] wake        list  wake markers for idle workers
+-- KEYS[7] ready:high  list  ids
+-- KEYS[8] ready:normal
+-- KEYS[9] ready:low
+-- ARGV[1] now, ms since the epoch (the caller's clock; scripts never read one)
+-- ARGV[2] channel to PUBLISH a due time on when it is earlier than any scheduled
+-- ARGV[3] wake marker cap
+-- ARGV[4..] five per job: id, envelope, prio (h|n|l), due ms (<= now: ready now),
+--           dedup key ('' for none)
+-- Returns: two per job, in order: the id the job lives under (the waiting
+--          job's id when coalesced), and 1 if coalesced else 0.
+
+local now = tonumber(ARGV[1])
+local cap = tonumber(ARGV[3])
+local out = {}
+local envs = {}
+local states = {}
+local ready = { h = {}, n = {}, l = {} }
+local ready_keys = { h = KEYS[7], n = KEYS[8], l = KEYS[9] }
+local sched = {}
+local earliest = nil
+local added = 0
+local ready_count = 0
+
+local i = 4
+while i <= #ARGV do
+  local id, env, prio, due, dkey = ARGV[i], ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3]), ARGV[i + 4]
+  i = i + 5
+  local existing = false
+  if dkey ~= '' then
+    existing = redis.call('HGET', KEYS[4], dkey)
+  end
+  if existing then
+    out[#out + 1] = existing
+    out[#out + 1] = 1
+  else
+    if ready[prio] == nil then
+      prio = 'n'
+    end
+    if dkey ~= '' then
+      redis.call('HSET', KEYS[4], dkey, id)
+    end
+    envs[#envs + 1] = id
+    envs[#envs + 1] = env
+    local record = nil
+    if due > now then
+      sched[#sched + 1] = due
+      sched[#sched + 1] = id
+      if earliest == nil or due < earliest then
+        earliest = due
+      end
+      -- The promoter needs the priority without decoding the envelope.
+      record = '0:0:0:0:' .. prio
+    else
+      local list = ready[prio]
+      list[#list + 1] = id
+      ready_count = ready_count + 1
+      if dkey ~= '' then
+        record = '0:0:0:0:' .. prio
+      end
+    end
+    if dkey ~= '' then
+      -- Remembered so that the claim can clear the dedup entry.
+      record = record .. ':' .. dkey
+    end
+    if record then
+      states[#states + 1] = id
+      states[#states + 1] = record
+    end
+    added = added + 1
+    out[#out + 1] = id
+    out[#out + 1] = 0
+  end
+end
+
+if #envs > 0 then
+  redis.call('HSET', KEYS[1], unpack(envs))
+end
+if #states > 0 then
+  redis.call('HSET', KEYS[2], unpack(states))
+end
+if #sched > 0 then
+  local first = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
+  redis.call('ZADD', KEYS[3], unpack(sched))
+  if first[2] == nil or earliest < tonumber(first[2]) then
+    -- Promoters sleep until the earliest due time they know of: tell them.
+    redis.call('PUBLISH', ARGV[2], earliest)
+  end
+end
+for _, p in ipairs({ 'h', 'n', 'l' }) do
+  if #ready[p] > 0 then
+    redis.call('RPUSH', ready_keys[p], unpack(ready[p]))
+  end
+end
+push_wake(KEYS[6], ready_count, cap)
+if added > 0 then
+  redis.call('HINCRBY', KEYS[5], 'enqueued', added)
+end
+return out

@@ -1,0 +1,376 @@
+//! Introspection and repair: queue statistics and the dead set (list,
+//! inspect, retry, purge), for the CLI, metrics and operators.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use redis::AsyncCommands as _;
+use serde::Serialize;
+use tally_jobs::{Envelope, Priority};
+
+use crate::clock::{millis, now_ms};
+use crate::config::check_queue_name;
+use crate::producer::WAKE_CAP;
+use crate::{QueueClient, QueueError, QueueKeys, scheduler, scripts};
+
+/// Ready jobs per priority.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReadyByPriority {
+    /// `ready:high` length.
+    pub high: u64,
+    /// `ready:normal` length.
+    pub normal: u64,
+    /// `ready:low` length.
+    pub low: u64,
+}
+
+/// Lifetime counters of a queue (never reset by the engine).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QueueCounters {
+    /// Jobs accepted (coalesced enqueues not counted).
+    pub enqueued: u64,
+    /// Jobs completed.
+    pub completed: u64,
+    /// Failed attempts (errors, panics, timeouts, bad input).
+    pub failed: u64,
+    /// Failed attempts scheduled for a retry.
+    pub retried: u64,
+    /// Jobs moved to the dead set.
+    pub dead: u64,
+    /// Jobs recovered after their worker was lost.
+    pub recovered: u64,
+}
+
+/// A snapshot of one queue.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QueueStats {
+    /// Ready jobs, all priorities.
+    pub ready: u64,
+    /// Ready jobs per priority.
+    pub ready_by_priority: ReadyByPriority,
+    /// Delayed jobs and retries waiting for their due time.
+    pub scheduled: u64,
+    /// Jobs claimed by a worker (leased).
+    pub in_flight: u64,
+    /// Jobs in the dead set.
+    pub dead: u64,
+    /// Age of the oldest job at the head of a ready list, from its envelope's
+    /// `createdAtMs` (for a retried or delayed job that includes its wait).
+    pub oldest_ready_age_ms: Option<u64>,
+    /// Lifetime counters.
+    pub counters: QueueCounters,
+}
+
+/// A job in the dead set.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeadJob {
+    /// Job id.
+    pub id: String,
+    /// Job kind, when the envelope could be read.
+    pub kind: Option<String>,
+    /// Why the job died (last error).
+    pub error: String,
+    /// Attempts made.
+    pub attempts: u32,
+    /// Attempts whose worker was lost.
+    pub crashes: u32,
+    /// Attempts that failed.
+    pub errors: u32,
+    /// Time of death, ms since the Unix epoch.
+    pub died_at_ms: u64,
+    /// The envelope as stored (raw, since it may be the reason it died).
+    pub envelope: Option<String>,
+}
+
+/// Which dead jobs to retry or purge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeadSelector {
+    /// These ids.
+    Ids(Vec<String>),
+    /// Every dead job.
+    All,
+    /// Dead jobs that died more than this long ago (purge only; retry treats
+    /// it as `All`).
+    OlderThan(Duration),
+}
+
+/// Queue statistics and dead-set repair.
+#[derive(Debug, Clone)]
+pub struct QueueAdmin {
+    client: QueueClient,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct DeadInfo {
+    #[serde(default)]
+    error: String,
+    #[serde(default)]
+    attempts: u32,
+    #[serde(default)]
+    crashes: u32,
+    #[serde(default)]
+    errors: u32,
+    #[serde(default)]
+    died_at_ms: u64,
+}
+
+impl QueueAdmin {
+    /// Admin on `client`.
+    pub fn new(client: QueueClient) -> Self {
+        Self { client }
+    }
+
+    fn keys(&self, queue: &str) -> Result<QueueKeys, QueueError> {
+        check_queue_name(queue)?;
+        Ok(self.client.keys(queue))
+    }
+
+    /// A snapshot of `queue` (two round trips).
+    pub async fn stats(&self, queue: &str) -> Result<QueueStats, QueueError> {
+        let keys = self.keys(queue)?;
+        let mut conn = self.client.conn();
+        let [high, normal, low] = keys.ready_all();
+        let mut pipe = redis::pipe();
+        pipe.llen(&high)
+            .llen(&normal)
+            .llen(&low)
+            .zcard(keys.scheduled())
+            .zcard(keys.leases())
+            .zcard(keys.dead())
+            .hgetall(keys.stats())
+            .lindex(&high, 0)
+            .lindex(&normal, 0)
+            .lindex(&low, 0);
+        #[expect(clippy::type_complexity, reason = "the shape of one pipeline reply")]
+        let (h, n, l, scheduled, in_flight, dead, counters, heads): (
+            u64,
+            u64,
+            u64,
+            u64,
+            u64,
+            u64,
+            HashMap<String, u64>,
+            (Option<String>, Option<String>, Option<String>),
+        ) = {
+            let (high_len, normal_len, low_len, scheduled, in_flight, dead, counters, high0, normal0, low0) =
+                pipe.query_async(&mut conn).await?;
+            (
+                high_len,
+                normal_len,
+                low_len,
+                scheduled,
+                in_flight,
+                dead,
+                counters,
+                (high0, normal0, low0),
+            )
+        };
+        let head_ids: Vec<String> = [heads.0, heads.1, heads.2].into_iter().flatten().collect();
+        let mut oldest = None;
+        if !head_ids.is_empty() {
+            let envelopes: Vec<Option<Vec<u8>>> = redis::cmd("HMGET")
+                .arg(keys.jobs())
+                .arg(&head_ids)
+                .query_async(&mut conn)
+                .await?;
+            let now = now_ms();
+            oldest = envelopes
+                .iter()
+                .flatten()
+                .filter_map(|bytes| Envelope::decode(bytes).ok())
+                .map(|e| now.saturating_sub(e.created_at_ms))
+                .max();
+        }
+        let counter = |name: &str| counters.get(name).copied().unwrap_or(0);
+        Ok(QueueStats {
+            ready: h + n + l,
+            ready_by_priority: ReadyByPriority {
+                high: h,
+                normal: n,
+                low: l,
+            },
+            scheduled,
+            in_flight,
+            dead,
+            oldest_ready_age_ms: oldest,
+            counters: QueueCounters {
+                enqueued: counter("enqueued"),
+                completed: counter("completed"),
+                failed: counter("failed"),
+                retried: counter("retried"),
+                dead: counter("dead"),
+                recovered: counter("recovered"),
+            },
+        })
+    }
+
+    /// Length of one ready list (what KEDA reads).
+    pub async fn ready_len(&self, queue: &str, priority: Priority) -> Result<u64, QueueError> {
+        let keys = self.keys(queue)?;
+        let mut conn = self.client.conn();
+        Ok(conn.llen(keys.ready(priority)).await?)
+    }
+
+    /// Dead jobs, most recent first.
+    pub async fn dead_list(&self, queue: &str, offset: usize, limit: usize) -> Result<Vec<DeadJob>, QueueError> {
+        let keys = self.keys(queue)?;
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.client.conn();
+        let ids: Vec<String> = conn
+            .zrevrange(keys.dead(), offset as isize, (offset + limit - 1) as isize)
+            .await?;
+        self.dead_records(&keys, &ids)
+            .await
+            .map(|jobs| jobs.into_iter().flatten().collect())
+    }
+
+    /// One dead job.
+    pub async fn dead_get(&self, queue: &str, id: &str) -> Result<Option<DeadJob>, QueueError> {
+        let keys = self.keys(queue)?;
+        Ok(self.dead_records(&keys, &[id.to_owned()]).await?.pop().flatten())
+    }
+
+    async fn dead_records(&self, keys: &QueueKeys, ids: &[String]) -> Result<Vec<Option<DeadJob>>, QueueError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.client.conn();
+        let (infos, envelopes): (Vec<Option<String>>, Vec<Option<Vec<u8>>>) = redis::pipe()
+            .cmd("HMGET")
+            .arg(keys.dead_info())
+            .arg(ids)
+            .cmd("HMGET")
+            .arg(keys.dead_envelopes())
+            .arg(ids)
+            .query_async(&mut conn)
+            .await?;
+        Ok(ids
+            .iter()
+            .zip(infos.into_iter().zip(envelopes))
+            .map(|(id, (info, envelope))| {
+                let info: DeadInfo = serde_json::from_str(info.as_deref()?).ok()?;
+                let kind = envelope
+                    .as_deref()
+                    .and_then(|b| Envelope::decode(b).ok())
+                    .map(|e| e.kind);
+                Some(DeadJob {
+                    id: id.clone(),
+                    kind,
+                    error: info.error,
+                    attempts: info.attempts,
+                    crashes: info.crashes,
+                    errors: info.errors,
+                    died_at_ms: info.died_at_ms,
+                    envelope: envelope.map(|b| String::from_utf8_lossy(&b).into_owned()),
+                })
+            })
+            .collect())
+    }
+
+    /// Sends dead jobs back to their ready list with fresh attempt counts.
+    /// Returns how many were retried.
+    pub async fn dead_retry(&self, queue: &str, which: DeadSelector) -> Result<u64, QueueError> {
+        let keys = self.keys(queue)?;
+        let mut total = 0;
+        match which {
+            DeadSelector::Ids(ids) => {
+                for chunk in ids.chunks(1000) {
+                    let (retried, _): (u64, u64) = self.retry_dead_call(&keys, "ids", chunk).await?;
+                    total += retried;
+                }
+            }
+            DeadSelector::All | DeadSelector::OlderThan(_) => loop {
+                let (retried, skipped): (u64, u64) =
+                    self.retry_dead_call(&keys, "oldest", &["1000".to_owned()]).await?;
+                total += retried;
+                if retried == 0 || retried + skipped < 1000 {
+                    break;
+                }
+            },
+        }
+        Ok(total)
+    }
+
+    async fn retry_dead_call(&self, keys: &QueueKeys, mode: &str, args: &[String]) -> Result<(u64, u64), QueueError> {
+        let mut invocation = scripts::RETRY_DEAD.prepare_invoke();
+        invocation
+            .key(keys.dead())
+            .key(keys.dead_envelopes())
+            .key(keys.dead_info())
+            .key(keys.jobs())
+            .key(keys.state());
+        for key in keys.ready_all() {
+            invocation.key(key);
+        }
+        invocation.key(keys.wake()).arg(WAKE_CAP).arg(mode).arg(args);
+        let mut conn = self.client.conn();
+        Ok(invocation.invoke_async(&mut conn).await?)
+    }
+
+    /// Deletes dead jobs for good. Returns how many.
+    pub async fn dead_purge(&self, queue: &str, which: DeadSelector) -> Result<u64, QueueError> {
+        let keys = self.keys(queue)?;
+        let call = |args: Vec<String>| {
+            let mut invocation = scripts::PURGE_DEAD.prepare_invoke();
+            invocation
+                .key(keys.dead())
+                .key(keys.dead_envelopes())
+                .key(keys.dead_info())
+                .arg(args);
+            let mut conn = self.client.conn();
+            async move { Ok::<u64, QueueError>(invocation.invoke_async(&mut conn).await?) }
+        };
+        match which {
+            DeadSelector::All => call(vec!["all".into()]).await,
+            DeadSelector::Ids(ids) => {
+                let mut total = 0;
+                for chunk in ids.chunks(1000) {
+                    let mut args = vec!["ids".to_owned()];
+                    args.extend(chunk.iter().cloned());
+                    total += call(args).await?;
+                }
+                Ok(total)
+            }
+            DeadSelector::OlderThan(age) => {
+                let cutoff = now_ms().saturating_sub(millis(age));
+                let mut total = 0;
+                loop {
+                    let n = call(vec!["before".into(), cutoff.to_string()]).await?;
+                    total += n;
+                    if n < 5000 {
+                        break Ok(total);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs the promoter once now (scheduled jobs that are due become ready).
+    /// Workers do this by themselves; this is for tools and tests.
+    pub async fn promote_due(&self, queue: &str) -> Result<usize, QueueError> {
+        let keys = self.keys(queue)?;
+        Ok(scheduler::promote_due(&self.client, &keys, now_ms()).await?.0)
+    }
+
+    /// Runs the reaper once now. Returns how many expired leases it handled.
+    pub async fn reap_expired(&self, queue: &str) -> Result<usize, QueueError> {
+        let keys = self.keys(queue)?;
+        Ok(scheduler::reap_expired(&self.client, &keys, now_ms()).await?.len())
+    }
+
+    /// Deletes every key of `queue` (jobs, counters, dead set). There are no
+    /// per-job keys, so this is a single `DEL` of a fixed list.
+    pub async fn obliterate(&self, queue: &str) -> Result<(), QueueError> {
+        let keys = self.keys(queue)?;
+        let mut conn = self.client.conn();
+        let _: u64 = conn.del(keys.all()).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,165 @@
+//! Every Redis key name of a queue, built in this one place.
+//!
+//! Layout: `<prefix>:{<queue>}:<part>`. The `{<queue>}` hash tag puts every
+//! key of one queue in the same Redis Cluster slot, so each Lua script may
+//! touch all of them. `docs/PROTOCOL.md` documents the same names for
+//! producers in other languages; keep the two in step.
+
+use tally_jobs::Priority;
+
+/// Key names of one queue.
+#[derive(Debug, Clone)]
+pub struct QueueKeys {
+    /// `<prefix>:{<queue>}:`, the common start of every key.
+    base: String,
+    /// The queue name.
+    queue: String,
+}
+
+impl QueueKeys {
+    /// Keys of `queue` under `prefix`.
+    pub fn new(prefix: &str, queue: &str) -> Self {
+        Self {
+            base: format!("{prefix}:{{{queue}}}:"),
+            queue: queue.to_owned(),
+        }
+    }
+
+    /// The queue name.
+    pub fn queue(&self) -> &str {
+        &self.queue
+    }
+
+    fn part(&self, part: &str) -> String {
+        format!("{}{part}", self.base)
+    }
+
+    /// List of ready job ids of one priority. The name is a contract: KEDA
+    /// autoscaling reads the length of `<prefix>:{<queue>}:ready:<priority>`.
+    pub fn ready(&self, priority: Priority) -> String {
+        self.part(&format!("ready:{}", priority.as_str()))
+    }
+
+    /// The three ready lists, in claim order (high, normal, low).
+    pub fn ready_all(&self) -> [String; 3] {
+        Priority::ALL.map(|p| self.ready(p))
+    }
+
+    /// Hash: job id -> envelope JSON, for every live job (ready, scheduled, in flight).
+    pub fn jobs(&self) -> String {
+        self.part("jobs")
+    }
+
+    /// Hash: job id -> mutable per-job state (token, attempts, crashes, errors, priority).
+    pub fn state(&self) -> String {
+        self.part("state")
+    }
+
+    /// Sorted set: job id by due time in ms (delayed jobs and retries).
+    pub fn scheduled(&self) -> String {
+        self.part("scheduled")
+    }
+
+    /// Sorted set: job id by lease expiry in ms (jobs in flight).
+    pub fn leases(&self) -> String {
+        self.part("leases")
+    }
+
+    /// Sorted set: dead job id by time of death in ms.
+    pub fn dead(&self) -> String {
+        self.part("dead")
+    }
+
+    /// Hash: dead job id -> its envelope.
+    pub fn dead_envelopes(&self) -> String {
+        self.part("dead:envelopes")
+    }
+
+    /// Hash: dead job id -> JSON record (error, attempts, crashes, died at).
+    pub fn dead_info(&self) -> String {
+        self.part("dead:info")
+    }
+
+    /// Hash: dedup key -> id of the waiting job carrying it.
+    pub fn dedup(&self) -> String {
+        self.part("dedup")
+    }
+
+    /// Hash of counters (enqueued, completed, failed, retried, dead, recovered).
+    pub fn stats(&self) -> String {
+        self.part("stats")
+    }
+
+    /// List of wake markers that idle workers block on (`BLPOP`).
+    pub fn wake(&self) -> String {
+        self.part("wake")
+    }
+
+    /// String counter: the last fencing token handed out.
+    pub fn token(&self) -> String {
+        self.part("token")
+    }
+
+    /// Short-lived lock (`SET NX PX`) held by the worker running the reaper.
+    pub fn reaper_lock(&self) -> String {
+        self.part("reaper")
+    }
+
+    /// Pub/sub channel on which scripts announce a due time earlier than any
+    /// scheduled so far, so sleeping promoters wake early.
+    pub fn due_channel(&self) -> String {
+        self.part("due")
+    }
+
+    /// Every key the queue may have; there are no per-job keys, so this list
+    /// is complete (used to delete a queue and to check for leftovers).
+    pub fn all(&self) -> Vec<String> {
+        let mut keys = self.ready_all().to_vec();
+        keys.extend([
+            self.jobs(),
+            self.state(),
+            self.scheduled(),
+            self.leases(),
+            self.dead(),
+            self.dead_envelopes(),
+            self.dead_info(),
+            self.dedup(),
+            self.stats(),
+            self.wake(),
+            self.token(),
+            self.reaper_lock(),
+        ]);
+        keys
+    }
+}
+
+/// The one-letter priority code used inside scripts and per-job state.
+pub(crate) fn priority_letter(priority: Priority) -> &'static str {
+    match priority {
+        Priority::High => "h",
+        Priority::Normal => "n",
+        Priority::Low => "l",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_lists_have_the_contract_names() {
+        let keys = QueueKeys::new("tally", "stats");
+        assert_eq!(keys.ready(Priority::High), "tally:{stats}:ready:high");
+        assert_eq!(keys.ready(Priority::Normal), "tally:{stats}:ready:normal");
+        assert_eq!(keys.ready(Priority::Low), "tally:{stats}:ready:low");
+        assert_eq!(keys.jobs(), "tally:{stats}:jobs");
+    }
+
+    #[test]
+    fn every_key_shares_the_hash_tag() {
+        let keys = QueueKeys::new("p", "q");
+        for key in keys.all().iter().chain([&keys.due_channel()]) {
+            assert!(key.starts_with("p:{q}:"), "{key}");
+        }
+    }
+}

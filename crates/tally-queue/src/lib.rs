@@ -1,0 +1,42 @@
+//! tally-queue: tally's own reliable job queue on Redis.
+//!
+//! Ready jobs wait in Redis lists (one per priority); everything driven by
+//! time lives in sorted sets (delayed jobs and retries, in-flight leases, the
+//! dead set). Every state change is one Lua script in `lua/`, and every key of
+//! a queue shares one hash tag (see [`QueueKeys`] and `docs/PROTOCOL.md`).
+//!
+//! - [`Producer`] enqueues typed jobs (or raw envelopes), now, later, with a
+//!   priority or a dedup key, one at a time or in batches.
+//! - [`Worker`] runs handlers registered by job type with leases, fencing
+//!   tokens, heartbeats, timeouts, retries with backoff, a dead set, and a
+//!   graceful drain ([`Worker::run_until`]); each worker process also runs the
+//!   promoter and takes turns at the reaper (`scheduler`).
+//! - [`QueueAdmin`] reads statistics and repairs the dead set.
+//! - [`bench`](mod@bench) measures the engine with the same phases as the BullMQ peer
+//!   benchmark.
+//!
+//! The engine knows nothing of football: job types come from `tally-jobs`.
+
+mod admin;
+pub mod bench;
+mod client;
+mod clock;
+mod config;
+mod error;
+mod events;
+mod keys;
+mod producer;
+mod retry;
+mod scheduler;
+mod scripts;
+mod worker;
+
+pub use admin::{DeadJob, DeadSelector, QueueAdmin, QueueCounters, QueueStats, ReadyByPriority};
+pub use client::QueueClient;
+pub use clock::{now_ms, now_ms_f64};
+pub use config::QueueConfig;
+pub use error::QueueError;
+pub use events::{JobEvent, JobEvents, NoEvents};
+pub use keys::QueueKeys;
+pub use producer::{Dedup, EnqueueOptions, Enqueued, Producer};
+pub use worker::{JobContext, JobError, Worker, WorkerBuilder, WorkerReport};

@@ -1,0 +1,225 @@
+//! Enqueueing jobs: typed jobs from `tally-jobs`, or raw envelopes (the
+//! gateway and the CLI), now, after a delay or at a time, one at a time or in
+//! batches of one script call per thousand jobs.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures::future::try_join_all;
+use redis::Value;
+use tally_jobs::{Envelope, Job, Priority, TraceContext};
+
+use crate::clock::now_ms;
+use crate::config::check_queue_name;
+use crate::keys::priority_letter;
+use crate::{QueueClient, QueueError, scripts};
+
+/// Jobs per script call in a batch (bounded so one call never holds Redis long
+/// and stays within Lua's `unpack` limit).
+const BATCH_CHUNK: usize = 1000;
+
+/// Most wake markers one call pushes: enough to wake every idle worker of a
+/// large deployment, few enough that stale markers cost nothing.
+pub(crate) const WAKE_CAP: u32 = 64;
+
+/// What happened to an enqueued job.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Enqueued {
+    /// The id the job lives under: a new one, or the waiting job's id when
+    /// the enqueue was coalesced into it.
+    pub id: String,
+    /// True when a waiting job with the same dedup key absorbed this enqueue.
+    pub deduplicated: bool,
+}
+
+/// Deduplication choice of one enqueue.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Dedup {
+    /// Use the job type's [`Job::dedup_key`] (the envelope's `dedupKey`).
+    #[default]
+    FromJob,
+    /// Use this key instead.
+    Key(String),
+    /// Never coalesce this enqueue.
+    Never,
+}
+
+/// Options of one enqueue. `Default` means: now, the job's own priority and
+/// dedup key, no trace context.
+#[derive(Debug, Clone, Default)]
+pub struct EnqueueOptions {
+    /// Start no earlier than this long from now.
+    pub delay: Option<Duration>,
+    /// Start no earlier than this time (wins over `delay`).
+    pub at: Option<SystemTime>,
+    /// Priority override (written into the envelope's policy too).
+    pub priority: Option<Priority>,
+    /// Deduplication override.
+    pub dedup: Dedup,
+    /// W3C trace context to carry to the worker.
+    pub trace: Option<TraceContext>,
+    /// Job id to use instead of a fresh UUID v7 (must be unique in the queue).
+    pub id: Option<String>,
+}
+
+impl EnqueueOptions {
+    /// Start after `delay`.
+    pub fn delayed(delay: Duration) -> Self {
+        Self {
+            delay: Some(delay),
+            ..Self::default()
+        }
+    }
+
+    fn due_ms(&self, now: u64) -> u64 {
+        if let Some(at) = self.at {
+            return at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        }
+        self.delay.map_or(0, |d| now + d.as_millis() as u64)
+    }
+}
+
+/// Enqueues jobs. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Producer {
+    client: QueueClient,
+}
+
+impl Producer {
+    /// A producer on `client`.
+    pub fn new(client: QueueClient) -> Self {
+        Self { client }
+    }
+
+    /// Enqueues `job` on its queue, to run now.
+    pub async fn enqueue<J: Job>(&self, job: &J) -> Result<Enqueued, QueueError> {
+        self.enqueue_with(job, EnqueueOptions::default()).await
+    }
+
+    /// Enqueues `job` with options (delay, time, priority, dedup, trace).
+    pub async fn enqueue_with<J: Job>(&self, job: &J, options: EnqueueOptions) -> Result<Enqueued, QueueError> {
+        let envelope = Envelope::new(job, new_id(options.id.as_deref()), now_ms())?;
+        self.enqueue_envelope_with(envelope, options).await
+    }
+
+    /// Enqueues many jobs of one type in as few round trips as possible (one
+    /// script call per thousand jobs, pipelined).
+    pub async fn enqueue_batch<J: Job>(&self, jobs: &[J]) -> Result<Vec<Enqueued>, QueueError> {
+        self.enqueue_batch_with(jobs, &EnqueueOptions::default()).await
+    }
+
+    /// [`Producer::enqueue_batch`] with the same options for every job
+    /// (`options.id` is ignored: each job gets a fresh id).
+    pub async fn enqueue_batch_with<J: Job>(
+        &self,
+        jobs: &[J],
+        options: &EnqueueOptions,
+    ) -> Result<Vec<Enqueued>, QueueError> {
+        let now = now_ms();
+        let envelopes = jobs
+            .iter()
+            .map(|job| {
+                let mut envelope = Envelope::new(job, new_id(None), now)?;
+                apply_options(&mut envelope, options);
+                Ok((envelope, options.due_ms(now)))
+            })
+            .collect::<Result<Vec<_>, QueueError>>()?;
+        self.push(J::QUEUE, &envelopes, now).await
+    }
+
+    /// Enqueues a ready-made envelope (from the gateway, the CLI or another
+    /// service) on the queue it names.
+    pub async fn enqueue_envelope(&self, envelope: Envelope) -> Result<Enqueued, QueueError> {
+        self.enqueue_envelope_with(envelope, EnqueueOptions::default()).await
+    }
+
+    /// [`Producer::enqueue_envelope`] with options (`options.id` is ignored:
+    /// the envelope has its id).
+    pub async fn enqueue_envelope_with(
+        &self,
+        mut envelope: Envelope,
+        options: EnqueueOptions,
+    ) -> Result<Enqueued, QueueError> {
+        let now = now_ms();
+        apply_options(&mut envelope, &options);
+        let due = options.due_ms(now);
+        let queue = envelope.queue.clone();
+        let mut out = self.push(&queue, &[(envelope, due)], now).await?;
+        out.pop()
+            .ok_or_else(|| QueueError::Protocol("enqueue returned no result".into()))
+    }
+
+    /// Sends envelopes of one queue, with their due times, chunked.
+    async fn push(&self, queue: &str, envelopes: &[(Envelope, u64)], now: u64) -> Result<Vec<Enqueued>, QueueError> {
+        check_queue_name(queue)?;
+        if let Some((bad, _)) = envelopes.iter().find(|(e, _)| e.queue != queue || e.id.is_empty()) {
+            return Err(QueueError::InvalidArgument(format!(
+                "envelope {:?} is for queue {:?}, not {queue:?}, or has no id",
+                bad.id, bad.queue
+            )));
+        }
+        let keys = self.client.keys(queue);
+        let calls = envelopes.chunks(BATCH_CHUNK).map(|chunk| {
+            let mut invocation = scripts::ENQUEUE_JOBS.prepare_invoke();
+            invocation
+                .key(keys.jobs())
+                .key(keys.state())
+                .key(keys.scheduled())
+                .key(keys.dedup())
+                .key(keys.stats())
+                .key(keys.wake());
+            for key in keys.ready_all() {
+                invocation.key(key);
+            }
+            invocation.arg(now).arg(keys.due_channel()).arg(WAKE_CAP);
+            for (envelope, due) in chunk {
+                invocation
+                    .arg(&envelope.id)
+                    .arg(envelope.encode())
+                    .arg(priority_letter(envelope.policy.priority))
+                    .arg(*due)
+                    .arg(envelope.dedup_key.as_deref().unwrap_or(""));
+            }
+            let mut conn = self.client.conn();
+            async move {
+                let reply: Vec<Value> = invocation.invoke_async(&mut conn).await?;
+                parse_enqueued(&reply)
+            }
+        });
+        Ok(try_join_all(calls).await?.into_iter().flatten().collect())
+    }
+}
+
+fn apply_options(envelope: &mut Envelope, options: &EnqueueOptions) {
+    if let Some(priority) = options.priority {
+        envelope.policy.priority = priority;
+    }
+    match &options.dedup {
+        Dedup::FromJob => {}
+        Dedup::Key(key) => envelope.dedup_key = Some(key.clone()),
+        Dedup::Never => envelope.dedup_key = None,
+    }
+    if envelope.dedup_key.as_deref() == Some("") {
+        envelope.dedup_key = None;
+    }
+    if options.trace.is_some() {
+        envelope.trace.clone_from(&options.trace);
+    }
+}
+
+fn new_id(given: Option<&str>) -> String {
+    given.map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_owned)
+}
+
+fn parse_enqueued(reply: &[Value]) -> Result<Vec<Enqueued>, QueueError> {
+    reply
+        .chunks(2)
+        .map(|pair| match pair {
+            [id, flag] => Ok(Enqueued {
+                id: redis::from_redis_value_ref(id)?,
+                deduplicated: redis::from_redis_value_ref::<i64>(flag)? == 1,
+            }),
+            _ => Err(QueueError::Protocol("odd enqueue reply".into())),
+        })
+        .collect()
+}

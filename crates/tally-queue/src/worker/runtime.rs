@@ -1,0 +1,943 @@
+//! The worker's event loop.
+//!
+//! One driver task owns the claim loop: it claims as many jobs as it has free
+//! slots in one script call, spawns each attempt as a task (so a panic is a
+//! `JoinError`, not a dead worker), and batches the acknowledgements of
+//! attempts that finished close together into one script call sent in the
+//! background, so a slot is refilled without waiting for the ack.
+//!
+//! Around it run small tasks: the waker (blocks on the wake list on its own
+//! connection while the ready lists are empty), the heartbeat (extends the
+//! leases of running attempts), and, unless turned off, the promoter and the
+//! reaper (see `scheduler.rs`).
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::{Pin, pin};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt as _;
+use futures::stream::FuturesUnordered;
+use redis::Value;
+use tally_jobs::{Envelope, JobPolicy};
+use tokio::sync::{Notify, watch};
+use tokio::task::{Id as TaskId, JoinError, JoinSet};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use super::{ErasedHandler, HandlerFuture, JobContext, JobError, Worker};
+use crate::clock::{millis, now_ms};
+use crate::producer::WAKE_CAP;
+use crate::retry::RetryBackoff;
+use crate::{JobEvent, JobEvents, QueueClient, QueueError, QueueKeys, scheduler, scripts};
+
+/// What a worker did in one run, returned by [`Worker::run_until`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WorkerReport {
+    /// Attempts that succeeded and were recorded as completed.
+    pub completed: u64,
+    /// Attempts that failed and were scheduled for a retry.
+    pub retried: u64,
+    /// Jobs this worker moved to the dead set.
+    pub dead: u64,
+    /// Jobs put back at the head of their ready list by the shutdown drain.
+    pub requeued: u64,
+    /// Results refused because the claim was no longer current (stale token).
+    pub stale: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    completed: AtomicU64,
+    retried: AtomicU64,
+    dead: AtomicU64,
+    requeued: AtomicU64,
+    stale: AtomicU64,
+}
+
+/// Everything the background pieces of one worker share.
+pub(crate) struct Shared {
+    pub(crate) client: QueueClient,
+    pub(crate) keys: QueueKeys,
+    pub(crate) queue: String,
+    pub(crate) events: Arc<dyn JobEvents>,
+    counters: Counters,
+}
+
+/// Running attempts by job id: token and cancellation, for the heartbeat.
+type LeaseTable = Arc<Mutex<HashMap<String, (u64, CancellationToken)>>>;
+
+/// One job as returned by the claim script.
+struct Claimed {
+    id: String,
+    envelope: Option<Vec<u8>>,
+    attempt: u32,
+    crashes: u32,
+    errors: u32,
+    token: u64,
+}
+
+/// An attempt in progress.
+struct Running {
+    id: String,
+    token: u64,
+    kind: String,
+    attempt: u32,
+    errors: u32,
+    policy: JobPolicy,
+    started: Instant,
+    wait: Option<Duration>,
+    cancel: CancellationToken,
+}
+
+/// How an attempt ended.
+enum Outcome {
+    Done,
+    Failed(JobError),
+    TimedOut(Duration),
+    LeaseLost,
+}
+
+/// A finished attempt waiting for its acknowledgement.
+struct Finished {
+    id: String,
+    token: u64,
+    kind: String,
+    attempt: u32,
+    duration: Duration,
+    wait: Option<Duration>,
+}
+
+impl Worker {
+    /// Runs until `shutdown` resolves, then drains: stops claiming, lets
+    /// running handlers finish within the drain timeout, puts the rest back
+    /// at the head of their ready list without spending an attempt, waits for
+    /// outstanding acknowledgements, and returns.
+    ///
+    /// Redis errors never end the run: the worker logs them, backs off with
+    /// jitter and carries on when Redis is back.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send) -> Result<WorkerReport, QueueError> {
+        let shared = Arc::new(Shared {
+            client: self.client.clone(),
+            keys: self.keys.clone(),
+            queue: self.queue.clone(),
+            events: self.events.clone(),
+            counters: Counters::default(),
+        });
+        let stop = CancellationToken::new();
+        let leases: LeaseTable = Arc::default();
+        let woken = Arc::new(Notify::new());
+        let (arm_tx, arm_rx) = watch::channel(0_u64);
+        let mut background = JoinSet::new();
+        if self.background {
+            background.spawn(scheduler::run_promoter(shared.clone(), stop.clone()));
+            background.spawn(scheduler::run_reaper(shared.clone(), stop.clone()));
+        }
+        background.spawn(run_heartbeat(shared.clone(), leases.clone(), stop.clone()));
+        let waker_stop = stop.child_token();
+        background.spawn(run_waker(shared.clone(), arm_rx, woken.clone(), waker_stop.clone()));
+        info!(queue = %self.queue, concurrency = self.concurrency, "worker started");
+
+        let mut driver = Driver {
+            shared: shared.clone(),
+            handlers: self.handlers,
+            concurrency: self.concurrency,
+            job_timeout: self.job_timeout,
+            drain_timeout: self.drain_timeout,
+            jobs: JoinSet::new(),
+            by_task: HashMap::new(),
+            leases,
+            finishers: JoinSet::new(),
+            completions: Vec::new(),
+            buffer: VecDeque::new(),
+            prefetch: self.prefetch,
+            rtt_us: Ewma::default(),
+            handler_us: Ewma::default(),
+        };
+        let in_flight = driver.run(shutdown, &woken, &arm_tx).await;
+        waker_stop.cancel();
+        driver.drain(in_flight).await;
+        stop.cancel();
+        while background.join_next().await.is_some() {}
+
+        let c = &shared.counters;
+        let report = WorkerReport {
+            completed: c.completed.load(Ordering::Relaxed),
+            retried: c.retried.load(Ordering::Relaxed),
+            dead: c.dead.load(Ordering::Relaxed),
+            requeued: c.requeued.load(Ordering::Relaxed),
+            stale: c.stale.load(Ordering::Relaxed),
+        };
+        info!(queue = %self.queue, ?report, "worker stopped");
+        Ok(report)
+    }
+}
+
+/// A claim call in flight. Its output carries how many jobs it asked for,
+/// when it was sent, and the acknowledgements it was sent with (so they can
+/// be retried if the call fails).
+type ClaimFuture = Pin<Box<dyn Future<Output = ClaimDone> + Send>>;
+
+/// What a finished claim call hands back.
+struct ClaimDone {
+    asked: usize,
+    sent: Instant,
+    acks: Vec<Finished>,
+    result: Result<ClaimReply, QueueError>,
+}
+
+/// Reply of the claim script: acknowledgement statuses, then claimed jobs.
+struct ClaimReply {
+    acks: Vec<i64>,
+    jobs: Vec<Claimed>,
+}
+
+struct Driver {
+    shared: Arc<Shared>,
+    handlers: HashMap<&'static str, Arc<dyn ErasedHandler>>,
+    concurrency: usize,
+    job_timeout: Option<Duration>,
+    drain_timeout: Duration,
+    /// Running attempts.
+    jobs: JoinSet<Outcome>,
+    by_task: HashMap<TaskId, Running>,
+    leases: LeaseTable,
+    /// Background acknowledgements and failure reports.
+    finishers: JoinSet<()>,
+    /// Successful attempts not yet sent for acknowledgement.
+    completions: Vec<Finished>,
+    /// Claimed jobs waiting for a free slot (leased, covered by heartbeats).
+    buffer: VecDeque<(Claimed, CancellationToken)>,
+    /// Whether to claim ahead of free slots when handlers are fast.
+    prefetch: bool,
+    /// Recent claim round trip, µs.
+    rtt_us: Ewma,
+    /// Recent handler duration, µs.
+    handler_us: Ewma,
+}
+
+/// Bound of claiming ahead, in multiples of the concurrency. Claimed-ahead
+/// jobs wait about one round trip at most (only handlers much faster than a
+/// round trip cause any), so a few times the concurrency is harmless and
+/// makes each script call carry a bigger batch.
+const MAX_AHEAD_FACTOR: usize = 4;
+
+/// Exponentially weighted moving average.
+#[derive(Debug, Clone, Copy, Default)]
+struct Ewma(Option<f64>);
+
+impl Ewma {
+    fn add(&mut self, sample: f64) {
+        self.0 = Some(self.0.map_or(sample, |avg| avg * 0.8 + sample * 0.2));
+    }
+}
+
+impl Driver {
+    /// The claim loop; returns the claims still in flight at shutdown.
+    async fn run(
+        &mut self,
+        shutdown: impl Future<Output = ()>,
+        woken: &Notify,
+        arm: &watch::Sender<u64>,
+    ) -> FuturesUnordered<ClaimFuture> {
+        let mut shutdown = pin!(shutdown);
+        let mut claims: FuturesUnordered<ClaimFuture> = FuturesUnordered::new();
+        // Jobs asked for by the claims in flight.
+        let mut asked_in_flight = 0;
+        // Whether the last claim filled its request (more may be waiting).
+        let mut more = true;
+        let mut was_woken = false;
+        let mut retry_at: Option<tokio::time::Instant> = None;
+        let config = self.shared.client.config().clone();
+        let mut backoff = RetryBackoff::new(config.retry_backoff_min, config.retry_backoff_max);
+        let mut generation = 0_u64;
+        loop {
+            let free = self.concurrency.saturating_sub(self.by_task.len());
+            let ahead = if more { self.claim_ahead() } else { 0 };
+            let want = (free + ahead).saturating_sub(self.buffer.len() + asked_in_flight);
+            // With fast handlers a second call may travel while the first is
+            // served, so Redis and this process work at the same time.
+            let max_calls = if ahead > 0 { 2 } else { 1 };
+            if retry_at.is_none() && want > 0 && claims.len() < max_calls && (more || was_woken) {
+                // One call acknowledges what finished and refills the slots.
+                was_woken = false;
+                asked_in_flight += want;
+                let acks = std::mem::take(&mut self.completions);
+                claims.push(Box::pin(claim_jobs(self.shared.clone(), want, acks)));
+            } else if claims.is_empty() {
+                self.flush_completions();
+            }
+            tokio::select! {
+                biased;
+                () = &mut shutdown => return claims,
+                Some(result) = self.jobs.join_next_with_id(), if !self.jobs.is_empty() => {
+                    self.on_attempt_end(result);
+                    // Let sibling attempts that are about to finish do so
+                    // (a few scheduler turns, microseconds), so that one
+                    // call acknowledges them all and refills all the slots.
+                    let mut quiet_turns = 0;
+                    while !self.jobs.is_empty() && quiet_turns < 2 {
+                        tokio::task::yield_now().await;
+                        quiet_turns += 1;
+                        while let Some(result) = self.jobs.try_join_next_with_id() {
+                            self.on_attempt_end(result);
+                            quiet_turns = 0;
+                        }
+                    }
+                    self.fill_slots();
+                }
+                Some(done) = claims.next(), if !claims.is_empty() => {
+                    asked_in_flight -= done.asked;
+                    match done.result {
+                        Ok(reply) => {
+                            backoff.reset();
+                            self.rtt_us.add(done.sent.elapsed().as_secs_f64() * 1e6);
+                            report_acks(&self.shared, done.acks, reply.acks);
+                            more = reply.jobs.len() == done.asked;
+                            for job in reply.jobs {
+                                self.accept(job);
+                            }
+                            self.fill_slots();
+                            if !more {
+                                // Ready lists were empty: block on the wake list.
+                                generation += 1;
+                                arm.send_replace(generation);
+                            }
+                        }
+                        Err(err) => {
+                            // The acknowledgements go again with the next call.
+                            self.completions.extend(done.acks);
+                            let delay = backoff.next_delay();
+                            warn!(queue = %self.shared.queue, error = %err, ?delay, "claim failed; backing off");
+                            retry_at = Some(tokio::time::Instant::now() + delay);
+                        }
+                    }
+                }
+                () = woken.notified(), if !more => was_woken = true,
+                () = tokio::time::sleep_until(retry_at.unwrap_or_else(tokio::time::Instant::now)), if retry_at.is_some() => {
+                    retry_at = None;
+                    more = true;
+                }
+            }
+        }
+    }
+
+    /// How many jobs to claim beyond the free slots: about as many as the
+    /// busy slots will finish while a claim travels, so that a slot never
+    /// waits a round trip for its next job. Zero when handlers are slow
+    /// compared with a round trip (a claimed job must not sit behind a long
+    /// handler while another worker idles), at most `MAX_AHEAD_FACTOR`
+    /// times `concurrency`.
+    fn claim_ahead(&self) -> usize {
+        if !self.prefetch {
+            return 0;
+        }
+        let (Some(rtt), Some(handler)) = (self.rtt_us.0, self.handler_us.0) else {
+            return 0;
+        };
+        let ahead = (self.concurrency as f64 * rtt / handler.max(1.0)).floor();
+        (ahead as usize).min(self.concurrency * MAX_AHEAD_FACTOR)
+    }
+
+    /// Takes a claimed job: leased from now on, so the heartbeat covers it
+    /// while it waits for a slot.
+    fn accept(&mut self, job: Claimed) {
+        let cancel = CancellationToken::new();
+        self.leases
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(job.id.clone(), (job.token, cancel.clone()));
+        self.buffer.push_back((job, cancel));
+    }
+
+    /// Starts buffered jobs while slots are free.
+    fn fill_slots(&mut self) {
+        while self.by_task.len() < self.concurrency {
+            let Some((job, cancel)) = self.buffer.pop_front() else {
+                break;
+            };
+            self.start(job, cancel);
+        }
+    }
+
+    /// Starts one claimed job, or buries it when its input is bad.
+    fn start(&mut self, job: Claimed, cancel: CancellationToken) {
+        if cancel.is_cancelled() {
+            // The lease was lost while the job waited for a slot.
+            self.leases
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&job.id);
+            self.shared.counters.stale.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let Some(bytes) = job.envelope.as_deref() else {
+            self.bury(
+                &job,
+                None,
+                "envelope missing: the id was in a ready list but not in the jobs hash".into(),
+            );
+            return;
+        };
+        let envelope = match Envelope::decode(bytes) {
+            Ok(envelope) => envelope,
+            Err(err) => {
+                self.bury(&job, None, format!("bad envelope: {err}"));
+                return;
+            }
+        };
+        let Some(handler) = self.handlers.get(envelope.kind.as_str()) else {
+            let reason = format!(
+                "unknown job kind {:?}: no handler registered for it on queue {:?}",
+                envelope.kind, self.shared.queue
+            );
+            self.bury(&job, Some(envelope.kind), reason);
+            return;
+        };
+        let ctx = JobContext {
+            id: job.id.clone(),
+            kind: envelope.kind.clone(),
+            queue: self.shared.queue.clone(),
+            attempt: job.attempt,
+            token: job.token,
+            crashes: job.crashes,
+            errors: job.errors,
+            policy: envelope.policy,
+            trace: envelope.trace.clone(),
+            created_at_ms: envelope.created_at_ms,
+            cancel: cancel.clone(),
+        };
+        let future = match handler.start(&envelope, ctx) {
+            Ok(future) => future,
+            Err(err) => {
+                self.bury(&job, Some(envelope.kind), err.to_string());
+                return;
+            }
+        };
+        let timeout = self
+            .job_timeout
+            .unwrap_or(Duration::from_millis(envelope.policy.timeout_ms.max(1)));
+        let handle = self.jobs.spawn(run_attempt(future, timeout, cancel.clone()));
+        let wait = now_ms().checked_sub(envelope.created_at_ms).map(Duration::from_millis);
+        self.by_task.insert(
+            handle.id(),
+            Running {
+                id: job.id,
+                token: job.token,
+                kind: envelope.kind,
+                attempt: job.attempt,
+                errors: job.errors,
+                policy: envelope.policy,
+                started: Instant::now(),
+                wait,
+                cancel,
+            },
+        );
+    }
+
+    /// Sends a job with bad input to the dead set.
+    fn bury(&mut self, job: &Claimed, kind: Option<String>, reason: String) {
+        self.leases
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&job.id);
+        warn!(queue = %self.shared.queue, id = %job.id, %reason, "bad input: moving job to the dead set");
+        let event = JobEvent {
+            queue: self.shared.queue.clone(),
+            kind,
+            id: job.id.clone(),
+            attempt: job.attempt,
+            duration: None,
+            wait: None,
+            error: Some(reason.clone()),
+        };
+        self.finishers
+            .spawn(report_failure(self.shared.clone(), job.token, -1, reason, event));
+    }
+
+    fn on_attempt_end(&mut self, result: Result<(TaskId, Outcome), JoinError>) {
+        let (task, outcome) = match result {
+            Ok(pair) => pair,
+            Err(err) => {
+                let task = err.id();
+                let message = if err.is_panic() {
+                    let payload = err.into_panic();
+                    let text = payload
+                        .downcast_ref::<&str>()
+                        .map(ToString::to_string)
+                        .or_else(|| payload.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "non-string panic payload".to_owned());
+                    format!("handler panicked: {text}")
+                } else {
+                    err.to_string()
+                };
+                (task, Outcome::Failed(JobError::Retry(message)))
+            }
+        };
+        self.attempt_ended(task, outcome);
+    }
+
+    fn attempt_ended(&mut self, task: TaskId, outcome: Outcome) {
+        let Some(running) = self.by_task.remove(&task) else {
+            return;
+        };
+        self.leases
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&running.id);
+        let duration = running.started.elapsed();
+        self.handler_us.add(duration.as_secs_f64() * 1e6);
+        let error = match outcome {
+            Outcome::Done => {
+                self.completions.push(Finished {
+                    id: running.id,
+                    token: running.token,
+                    kind: running.kind,
+                    attempt: running.attempt,
+                    duration,
+                    wait: running.wait,
+                });
+                return;
+            }
+            Outcome::LeaseLost => {
+                warn!(queue = %self.shared.queue, id = %running.id, "lease lost: the job was recovered elsewhere; result dropped");
+                self.shared.counters.stale.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            Outcome::Failed(err) => err,
+            Outcome::TimedOut(limit) => JobError::Retry(format!("timed out after {limit:?}")),
+        };
+        let (due, reason) = decide(&running, &error);
+        let event = JobEvent {
+            queue: self.shared.queue.clone(),
+            kind: Some(running.kind),
+            id: running.id,
+            attempt: running.attempt,
+            duration: Some(duration),
+            wait: running.wait,
+            error: Some(reason.clone()),
+        };
+        drop(running.cancel);
+        self.finishers
+            .spawn(report_failure(self.shared.clone(), running.token, due, reason, event));
+    }
+
+    /// Sends the pending completions as one batch, in the background.
+    fn flush_completions(&mut self) {
+        while self.finishers.try_join_next().is_some() {}
+        if self.completions.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.completions);
+        self.finishers.spawn(acknowledge(self.shared.clone(), batch));
+    }
+
+    /// The graceful end: see [`Worker::run_until`].
+    async fn drain(&mut self, mut in_flight: FuturesUnordered<ClaimFuture>) {
+        let config = self.shared.client.config().clone();
+        let mut to_requeue: Vec<(String, u64)> = Vec::new();
+        // Claimed at the very moment of shutdown: never started, give back.
+        let claims_deadline = tokio::time::Instant::now() + config.command_timeout;
+        while let Ok(Some(done)) = tokio::time::timeout_at(claims_deadline, in_flight.next()).await {
+            match done.result {
+                Ok(reply) => {
+                    report_acks(&self.shared, done.acks, reply.acks);
+                    to_requeue.extend(reply.jobs.into_iter().map(|job| (job.id, job.token)));
+                }
+                Err(_) => self.completions.extend(done.acks),
+            }
+        }
+        // Claimed ahead but never started: give back at once.
+        to_requeue.extend(self.buffer.drain(..).map(|(job, _)| (job.id, job.token)));
+        let deadline = tokio::time::Instant::now() + self.drain_timeout;
+        if !self.jobs.is_empty() {
+            info!(queue = %self.shared.queue, running = self.jobs.len(), "draining running jobs");
+        }
+        while !self.jobs.is_empty() {
+            tokio::select! {
+                Some(result) = self.jobs.join_next_with_id() => {
+                    self.on_attempt_end(result);
+                    self.flush_completions();
+                }
+                () = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+        self.flush_completions();
+        for (_, running) in self.by_task.drain() {
+            running.cancel.cancel();
+            to_requeue.push((running.id, running.token));
+        }
+        self.jobs.abort_all();
+        while self.jobs.join_next().await.is_some() {}
+        self.leases.lock().unwrap_or_else(PoisonError::into_inner).clear();
+        if !to_requeue.is_empty() {
+            requeue(
+                &self.shared,
+                &to_requeue,
+                config.drain_timeout.max(Duration::from_secs(5)),
+            )
+            .await;
+        }
+        let finish_deadline = tokio::time::Instant::now() + config.command_timeout * 2;
+        loop {
+            tokio::select! {
+                next = self.finishers.join_next() => if next.is_none() { break },
+                () = tokio::time::sleep_until(finish_deadline) => {
+                    warn!(queue = %self.shared.queue, pending = self.finishers.len(), "acknowledgements still pending at shutdown; their jobs will be recovered by the reaper");
+                    self.finishers.abort_all();
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Runs one attempt under its timeout and cancellation.
+async fn run_attempt(mut future: HandlerFuture, timeout: Duration, cancel: CancellationToken) -> Outcome {
+    // The handler future is borrowed, not moved, into the select so that on
+    // a timeout the token is cancelled *before* the future is dropped: child
+    // tasks and drop guards of the handler see the cancellation.
+    let outcome = tokio::select! {
+        biased;
+        result = &mut future => return match result {
+            Ok(()) => Outcome::Done,
+            Err(err) => Outcome::Failed(err),
+        },
+        () = cancel.cancelled() => Outcome::LeaseLost,
+        () = tokio::time::sleep(timeout) => Outcome::TimedOut(timeout),
+    };
+    cancel.cancel();
+    drop(future);
+    outcome
+}
+
+/// Retry time (ms since the epoch) or -1 for the dead set, and the reason.
+fn decide(running: &Running, error: &JobError) -> (i64, String) {
+    let failures = running.errors + 1;
+    let max = running.policy.max_attempts.max(1);
+    let message = error.message().to_owned();
+    let delay_ms = match error {
+        JobError::GiveUp(_) => return (-1, format!("gave up: {message}")),
+        _ if failures >= max => {
+            return (-1, format!("{message} (failed {failures} of {max} allowed attempts)"));
+        }
+        JobError::Retry(_) => running.policy.backoff.delay_ms(failures, rand::random::<f64>()),
+        JobError::RetryAfter(delay, _) => millis(*delay),
+    };
+    ((now_ms() + delay_ms) as i64, message)
+}
+
+/// Acknowledges `acks` and claims up to `count` jobs, in one script call.
+async fn claim_jobs(shared: Arc<Shared>, count: usize, acks: Vec<Finished>) -> ClaimDone {
+    let sent = Instant::now();
+    let result = claim_call(&shared, count, &acks).await;
+    ClaimDone {
+        asked: count,
+        sent,
+        acks,
+        result,
+    }
+}
+
+async fn claim_call(shared: &Shared, count: usize, acks: &[Finished]) -> Result<ClaimReply, QueueError> {
+    let keys = &shared.keys;
+    let config = shared.client.config();
+    let mut invocation = scripts::CLAIM_JOBS.prepare_invoke();
+    for key in keys.ready_all() {
+        invocation.key(key);
+    }
+    invocation
+        .key(keys.jobs())
+        .key(keys.state())
+        .key(keys.leases())
+        .key(keys.token())
+        .key(keys.dedup())
+        .key(keys.wake())
+        .key(keys.stats())
+        .arg(now_ms())
+        .arg(millis(config.lease))
+        .arg(count);
+    for job in acks {
+        invocation.arg(&job.id).arg(job.token);
+    }
+    let mut conn = shared.client.conn();
+    let reply: Vec<Value> = invocation.invoke_async(&mut conn).await?;
+    // Owned conversions: the envelopes move out of the reply without a copy.
+    let mut values = reply.into_iter();
+    let Some(ack_statuses) = values.next() else {
+        return Err(QueueError::Protocol("empty claim reply".into()));
+    };
+    let acks: Vec<i64> = redis::from_redis_value(ack_statuses)?;
+    let mut jobs = Vec::with_capacity(values.len() / 6);
+    while let Some(id) = values.next() {
+        let mut field = || {
+            values
+                .next()
+                .ok_or_else(|| QueueError::Protocol("claim reply not a multiple of 6".into()))
+        };
+        let (envelope, attempt, crashes, errors, token) = (field()?, field()?, field()?, field()?, field()?);
+        jobs.push(Claimed {
+            id: redis::from_redis_value(id)?,
+            envelope: redis::from_redis_value(envelope)?,
+            attempt: redis::from_redis_value(attempt)?,
+            crashes: redis::from_redis_value(crashes)?,
+            errors: redis::from_redis_value(errors)?,
+            token: redis::from_redis_value(token)?,
+        });
+    }
+    Ok(ClaimReply { acks, jobs })
+}
+
+/// Runs a Redis call until it succeeds, fails for good, or `give_up_after`
+/// passes; transient errors are retried with backoff.
+pub(crate) async fn with_retries<T, F, Fut>(
+    shared: &Shared,
+    what: &str,
+    give_up_after: Duration,
+    mut call: F,
+) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, QueueError>>,
+{
+    let config = shared.client.config();
+    let mut backoff = RetryBackoff::new(config.retry_backoff_min, config.retry_backoff_max);
+    let started = Instant::now();
+    loop {
+        match call().await {
+            Ok(value) => return Some(value),
+            Err(err) if err.is_unavailable() && started.elapsed() < give_up_after => {
+                let delay = backoff.next_delay();
+                warn!(queue = %shared.queue, error = %err, ?delay, "{what} failed; retrying");
+                tokio::time::sleep(delay).await;
+            }
+            Err(err) => {
+                error!(queue = %shared.queue, error = %err, "{what} failed; giving up (the reaper will recover the job)");
+                return None;
+            }
+        }
+    }
+}
+
+/// How long background acknowledgements keep retrying while Redis is away.
+fn ack_patience(shared: &Shared) -> Duration {
+    (shared.client.config().lease * 4).max(Duration::from_secs(30))
+}
+
+/// Acknowledges a batch of successful attempts.
+async fn acknowledge(shared: Arc<Shared>, batch: Vec<Finished>) {
+    let keys = &shared.keys;
+    let reply = with_retries(&shared, "acknowledgement", ack_patience(&shared), || {
+        let mut invocation = scripts::COMPLETE_JOBS.prepare_invoke();
+        invocation
+            .key(keys.jobs())
+            .key(keys.state())
+            .key(keys.leases())
+            .key(keys.stats());
+        for job in &batch {
+            invocation.arg(&job.id).arg(job.token);
+        }
+        let mut conn = shared.client.conn();
+        async move { Ok::<Vec<i64>, QueueError>(invocation.invoke_async(&mut conn).await?) }
+    })
+    .await;
+    if let Some(reply) = reply {
+        report_acks(&shared, batch, reply);
+    }
+}
+
+/// Counts and reports acknowledged attempts (events for the completed ones).
+fn report_acks(shared: &Shared, batch: Vec<Finished>, statuses: Vec<i64>) {
+    for (job, status) in batch.into_iter().zip(statuses) {
+        if status == 1 {
+            shared.counters.completed.fetch_add(1, Ordering::Relaxed);
+            debug!(queue = %shared.queue, id = %job.id, kind = %job.kind, attempt = job.attempt, "completed");
+            shared.events.on_completed(&JobEvent {
+                queue: shared.queue.clone(),
+                kind: Some(job.kind),
+                id: job.id,
+                attempt: job.attempt,
+                duration: Some(job.duration),
+                wait: job.wait,
+                error: None,
+            });
+        } else {
+            shared.counters.stale.fetch_add(1, Ordering::Relaxed);
+            warn!(queue = %shared.queue, id = %job.id, token = job.token, "completion rejected: stale token (the job was recovered and runs again elsewhere)");
+        }
+    }
+}
+
+/// Records a failed attempt: retry at `due` (ms), or dead when `due` < 0.
+async fn report_failure(shared: Arc<Shared>, token: u64, due: i64, reason: String, event: JobEvent) {
+    let keys = &shared.keys;
+    let config = shared.client.config();
+    let status = with_retries(&shared, "failure report", ack_patience(&shared), || {
+        let mut invocation = scripts::FAIL_JOB.prepare_invoke();
+        invocation
+            .key(keys.jobs())
+            .key(keys.state())
+            .key(keys.leases())
+            .key(keys.scheduled())
+            .key(keys.dead())
+            .key(keys.dead_envelopes())
+            .key(keys.dead_info())
+            .key(keys.stats())
+            .arg(&event.id)
+            .arg(token)
+            .arg(now_ms())
+            .arg(due)
+            .arg(&reason)
+            .arg(keys.due_channel())
+            .arg(config.dead_max_count)
+            .arg(millis(config.dead_max_age));
+        let mut conn = shared.client.conn();
+        async move { Ok::<i64, QueueError>(invocation.invoke_async(&mut conn).await?) }
+    })
+    .await;
+    match status {
+        Some(1) => {
+            shared.counters.retried.fetch_add(1, Ordering::Relaxed);
+            warn!(queue = %shared.queue, id = %event.id, attempt = event.attempt, error = %reason, "attempt failed; retry scheduled");
+            shared.events.on_failed(&event);
+        }
+        Some(2) => {
+            shared.counters.dead.fetch_add(1, Ordering::Relaxed);
+            // A warning, not an error: the `on_dead` hook is the reporting
+            // channel (one tagged Sentry event); an error-level log line
+            // would be a second, untagged event for the same job.
+            warn!(queue = %shared.queue, id = %event.id, attempt = event.attempt, error = %reason, "job moved to the dead set");
+            shared.events.on_dead(&event);
+        }
+        Some(_) => {
+            shared.counters.stale.fetch_add(1, Ordering::Relaxed);
+            warn!(queue = %shared.queue, id = %event.id, "failure report rejected: stale token");
+        }
+        None => {}
+    }
+}
+
+/// Puts unfinished attempts back at the head of their ready list.
+async fn requeue(shared: &Arc<Shared>, jobs: &[(String, u64)], patience: Duration) {
+    let keys = &shared.keys;
+    let reply = with_retries(shared, "requeue at shutdown", patience, || {
+        let mut invocation = scripts::REQUEUE_JOBS.prepare_invoke();
+        invocation.key(keys.state()).key(keys.leases());
+        for key in keys.ready_all() {
+            invocation.key(key);
+        }
+        invocation.key(keys.wake()).arg(WAKE_CAP);
+        for (id, token) in jobs {
+            invocation.arg(id).arg(*token);
+        }
+        let mut conn = shared.client.conn();
+        async move { Ok::<Vec<i64>, QueueError>(invocation.invoke_async(&mut conn).await?) }
+    })
+    .await;
+    let moved = reply.map_or(0, |r| r.iter().filter(|s| **s == 1).count()) as u64;
+    shared.counters.requeued.fetch_add(moved, Ordering::Relaxed);
+    info!(queue = %shared.queue, requeued = moved, of = jobs.len(), "unfinished jobs put back at the head of the queue");
+}
+
+/// Blocks on the wake list while the driver has nothing to claim, and tells
+/// the driver when a marker (or the idle-poll timeout) arrives.
+async fn run_waker(shared: Arc<Shared>, mut arm: watch::Receiver<u64>, woken: Arc<Notify>, stop: CancellationToken) {
+    let config = shared.client.config().clone();
+    let mut backoff = RetryBackoff::new(config.retry_backoff_min, config.retry_backoff_max);
+    let mut served = 0_u64;
+    let mut conn = None;
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            changed = arm.wait_for(|generation| *generation > served) => {
+                match changed {
+                    Ok(generation) => served = *generation,
+                    Err(_) => return,
+                }
+            }
+        }
+        if conn.is_none() {
+            match shared.client.dedicated_connection().await {
+                Ok(c) => conn = Some(c),
+                Err(err) => {
+                    let delay = backoff.next_delay();
+                    warn!(queue = %shared.queue, error = %err, ?delay, "wake connection failed; backing off");
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                    woken.notify_one();
+                    continue;
+                }
+            }
+        }
+        let Some(c) = conn.as_mut() else { continue };
+        let mut blpop_cmd = redis::cmd("BLPOP");
+        blpop_cmd.arg(shared.keys.wake()).arg(config.idle_poll.as_secs_f64());
+        let blpop = blpop_cmd.query_async::<Option<(String, String)>>(c);
+        let result = tokio::select! {
+            () = stop.cancelled() => return,
+            result = blpop => result,
+        };
+        if let Err(err) = result {
+            conn = None;
+            let delay = backoff.next_delay();
+            warn!(queue = %shared.queue, error = %err, ?delay, "waiting for work failed; backing off");
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(delay) => {}
+            }
+        } else {
+            backoff.reset();
+        }
+        woken.notify_one();
+    }
+}
+
+/// Extends the leases of running attempts every heartbeat period; cancels
+/// the attempts whose claim is no longer current.
+async fn run_heartbeat(shared: Arc<Shared>, leases: LeaseTable, stop: CancellationToken) {
+    let config = shared.client.config().clone();
+    let mut tick = tokio::time::interval(config.heartbeat_interval());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let snapshot: Vec<(String, u64)> = leases
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(id, (token, _))| (id.clone(), *token))
+            .collect();
+        for chunk in snapshot.chunks(500) {
+            let mut invocation = scripts::EXTEND_LEASES.prepare_invoke();
+            invocation
+                .key(shared.keys.state())
+                .key(shared.keys.leases())
+                .arg(now_ms() + millis(config.lease));
+            for (id, token) in chunk {
+                invocation.arg(id).arg(*token);
+            }
+            let mut conn = shared.client.conn();
+            match invocation.invoke_async::<Vec<i64>>(&mut conn).await {
+                Ok(statuses) => {
+                    let table = leases.lock().unwrap_or_else(PoisonError::into_inner);
+                    for ((id, token), status) in chunk.iter().zip(statuses) {
+                        if status == 0
+                            && let Some((current, cancel)) = table.get(id)
+                            && current == token
+                        {
+                            warn!(queue = %shared.queue, %id, "lease lost; cancelling the attempt");
+                            cancel.cancel();
+                        }
+                    }
+                }
+                Err(err) => warn!(queue = %shared.queue, error = %err, "heartbeat failed"),
+            }
+        }
+    }
+}
