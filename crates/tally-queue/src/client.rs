@@ -59,10 +59,21 @@ impl QueueClient {
     }
 
     /// `PING`: whether Redis is reachable now (for readiness probes).
+    ///
+    /// Tried twice: after Redis restarts, the first command on the old
+    /// connection fails and only then does the manager reconnect, so a
+    /// single failed PING would report a healthy Redis as down (and flap a
+    /// readiness probe). PING has no side effects, so the retry is safe.
     pub async fn ping(&self) -> Result<(), QueueError> {
         let mut conn = self.conn();
-        let _: String = redis::cmd("PING").query_async(&mut conn).await?;
-        Ok(())
+        let first: Result<String, QueueError> = redis::cmd("PING").query_async(&mut conn).await.map_err(Into::into);
+        match first {
+            Err(e) if e.is_unavailable() => {
+                let _: String = redis::cmd("PING").query_async(&mut conn).await?;
+                Ok(())
+            }
+            other => other.map(|_| ()),
+        }
     }
 
     /// The settings.
