@@ -9,7 +9,10 @@
 
 use tally_jobs::{CalculatePoints, Job, Priority, ScoreMatch};
 use tally_queue::{EnqueueOptions, JobContext, JobError, WorkerBuilder};
-use tally_service::{WorkerDeps, observe, worker::store_job_error};
+use tally_service::{
+    WorkerDeps, observe,
+    worker::{store_job_error, with_database},
+};
 
 /// The queue this worker consumes.
 pub const QUEUE: &str = ScoreMatch::QUEUE;
@@ -24,9 +27,7 @@ pub fn register(builder: WorkerBuilder, deps: WorkerDeps) -> WorkerBuilder {
 
 /// Scores the match's predictions, then chains `CalculatePoints`.
 pub async fn score_match(deps: &WorkerDeps, job: &ScoreMatch, ctx: &JobContext) -> Result<(), JobError> {
-    let outcome = deps
-        .store
-        .score_match(job.match_id)
+    let outcome = with_database(ctx, || deps.store.score_match(job.match_id))
         .await
         .map_err(|e| store_job_error(&e))?;
     tracing::info!(match_id = job.match_id, attempt = ctx.attempt, ?outcome, "match scored");

@@ -11,7 +11,10 @@
 
 use tally_jobs::{CalculatePoints, Job, RefreshScope, RefreshViews};
 use tally_queue::{EnqueueOptions, JobContext, JobError, WorkerBuilder};
-use tally_service::{WorkerDeps, observe, worker::store_job_error};
+use tally_service::{
+    WorkerDeps, observe,
+    worker::{store_job_error, with_database},
+};
 use tally_store::model::Scope;
 
 /// The queue this worker consumes.
@@ -33,9 +36,7 @@ pub fn register(builder: WorkerBuilder, deps: WorkerDeps) -> WorkerBuilder {
 
 /// Recalculates the affected users' points, then asks for a refresh.
 pub async fn calculate_points(deps: &WorkerDeps, job: &CalculatePoints, ctx: &JobContext) -> Result<(), JobError> {
-    let outcome = deps
-        .store
-        .calculate_points(job.match_id)
+    let outcome = with_database(ctx, || deps.store.calculate_points(job.match_id))
         .await
         .map_err(|e| store_job_error(&e))?;
     tracing::info!(
@@ -75,7 +76,9 @@ pub async fn refresh_views(deps: &WorkerDeps, job: &RefreshViews, ctx: &JobConte
         RefreshScope::Leaderboard => Scope::Leaderboard,
         RefreshScope::Standings => Scope::Standings,
     };
-    let outcome = deps.store.refresh_views(scope).await.map_err(|e| store_job_error(&e))?;
+    let outcome = with_database(ctx, || deps.store.refresh_views(scope))
+        .await
+        .map_err(|e| store_job_error(&e))?;
     tracing::info!(%scope, attempt = ctx.attempt, ?outcome, "views refreshed");
     Ok(())
 }

@@ -174,6 +174,39 @@ pub async fn main(
     }
 }
 
+/// Runs a store call, riding out a database outage inside the attempt.
+///
+/// While PostgreSQL is unreachable (restart, failover, network blip) the call
+/// is repeated with backoff (200 ms doubling to 5 s) for up to half the
+/// job's timeout, so a short outage delays jobs instead of spending their
+/// attempts: with 3 attempts and a 5 s backoff base, a 20-second outage would
+/// otherwise send every job that hit it to the dead set. The lease is kept
+/// alive by the engine's heartbeats meanwhile, jobs not yet claimed wait in
+/// Redis, and a shutdown (the context's cancellation) stops the wait. Only
+/// safe for idempotent calls, which every store call the handlers make is.
+pub async fn with_database<T, F, Fut>(ctx: &tally_queue::JobContext, mut call: F) -> Result<T, tally_store::StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, tally_store::StoreError>>,
+{
+    let budget = Duration::from_millis(ctx.policy.timeout_ms) / 2;
+    let started = std::time::Instant::now();
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match call().await {
+            Err(e) if e.is_unavailable() && started.elapsed() + delay < budget => {
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis(), "database unavailable; waiting for it");
+                tokio::select! {
+                    () = ctx.cancel.cancelled() => return Err(e),
+                    () = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// What the engine should do about a store error: a match not finished yet
 /// is retried in a minute; connection trouble, deadlocks and "not scored yet"
 /// are retried with the job's backoff; everything else (unknown match,

@@ -125,6 +125,21 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// Whether the database itself is unreachable (no connection, the
+    /// connection broke, the server is shutting down or starting up), as
+    /// opposed to a statement failing. Such a call is worth repeating as soon
+    /// as the database is back, without counting it against the job.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            Self::Pool(_) => true,
+            Self::Postgres(error) => error.code().is_none_or(|code| {
+                let code = code.code();
+                code.starts_with("08") || code.starts_with("57P0")
+            }),
+            _ => false,
+        }
+    }
+
     /// Whether the same call may succeed later without anyone changing it:
     /// connection problems, deadlocks and serialization failures, a match not
     /// finished or not scored yet. Everything else (missing rows, conflicting
