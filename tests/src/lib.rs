@@ -104,7 +104,6 @@ impl Stack {
             (None, r.url, r.namespace)
         };
         let store = Store::connect(&database_url, 4).await?;
-        let mut client = store.pool().get().await?;
         let seed = SeedOptions {
             users: options.users.max(50),
             predictions: options.predictions.max(500),
@@ -113,8 +112,7 @@ impl Stack {
             played_fraction: 0.3,
             seed: 7,
         };
-        tally_store::seed::seed(&mut client, &seed, &|_| {}).await?;
-        drop(client);
+        store.seed(&seed, &|_| {}).await?;
         let queue = QueueClient::new(&redis_url, QueueConfig::with_prefix(&prefix))?;
         let log_dir = tally_cli::services::bin_dir()
             .join("e2e-logs")

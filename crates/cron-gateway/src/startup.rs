@@ -89,11 +89,7 @@ impl Application {
         if let Err(e) = client.ping().await {
             tracing::warn!(error = %e, "redis not reachable yet; answering 503 until it is");
         }
-        let readiness_client = client.clone();
-        let checks = vec![ReadinessCheck::new("redis", move || {
-            let client = readiness_client.clone();
-            Box::pin(async move { client.ping().await.map_err(|e| e.to_string()) })
-        })];
+        let checks = vec![ReadinessCheck::redis(client.clone())];
         let producer = Producer::new(client);
         let state = web::Data::new(AppState {
             producer,

@@ -83,12 +83,8 @@ async fn pipeline(cli: &Cli, args: &PipelineArgs) -> anyhow::Result<()> {
         ..tally_store::bench::PipelineOptions::default()
     };
     let progress = Progress::new();
-    let report = tally_store::bench::pipeline(
-        &options,
-        &|p| progress.update(&format!("{:?}", p.stage).to_lowercase(), p.done, p.total),
-        &|line| eprintln!("[bench] {line}"),
-    )
-    .await?;
+    let report =
+        tally_store::bench::pipeline(&options, &|p| progress.seed(p), &|line| eprintln!("[bench] {line}")).await?;
     let json = serde_json::to_string(&report)?;
     if cli.json {
         println!("{json}");

@@ -88,12 +88,7 @@ pub async fn seed_with_progress(store: &Store, args: &SeedArgs) -> anyhow::Resul
         seed: args.seed,
     };
     let progress = Progress::new();
-    let mut client = store.pool().get().await?;
-    let summary = tally_store::seed::seed(&mut client, &options, &|p| {
-        progress.update(&format!("{:?}", p.stage).to_lowercase(), p.done, p.total);
-    })
-    .await?;
-    Ok(summary)
+    Ok(store.seed(&options, &|p| progress.seed(p)).await?)
 }
 
 async fn seed(cli: &Cli, args: &SeedArgs) -> anyhow::Result<()> {

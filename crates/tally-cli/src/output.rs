@@ -68,6 +68,11 @@ impl Progress {
         }
     }
 
+    /// Shows a seed's progress (also reported by the pipeline benchmark).
+    pub fn seed(&self, p: tally_store::seed::SeedProgress) {
+        self.update(&format!("{:?}", p.stage).to_lowercase(), p.done, p.total);
+    }
+
     /// Shows `done` of `total` for `stage`.
     pub fn update(&self, stage: &str, done: u64, total: u64) {
         let pct = done.saturating_mul(100).checked_div(total).unwrap_or(100);

@@ -41,6 +41,24 @@ impl ReadinessCheck {
     }
 }
 
+impl ReadinessCheck {
+    /// Redis answers `PING` (see [`tally_queue::QueueClient::ping`]).
+    pub fn redis(client: tally_queue::QueueClient) -> Self {
+        ReadinessCheck::new("redis", move || {
+            let client = client.clone();
+            Box::pin(async move { client.ping().await.map_err(|e| e.to_string()) })
+        })
+    }
+
+    /// PostgreSQL answers (see [`tally_store::Store::ping`]).
+    pub fn postgres(store: tally_store::Store) -> Self {
+        ReadinessCheck::new("postgres", move || {
+            let store = store.clone();
+            Box::pin(async move { store.ping().await.map_err(|e| e.to_string()) })
+        })
+    }
+}
+
 /// How long one readiness check may take before it counts as failed.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 

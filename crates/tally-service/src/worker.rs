@@ -99,7 +99,7 @@ pub async fn run_worker(
         producer: Producer::new(client.clone()),
     };
 
-    let checks = readiness_checks(client.clone(), store);
+    let checks = vec![ReadinessCheck::redis(client.clone()), ReadinessCheck::postgres(store)];
     let health = HealthServer::start(settings.health_addr, checks)
         .map_err(|e| anyhow::anyhow!("cannot serve probes on HEALTH_ADDR={}: {e}", settings.health_addr))?;
     tracing::info!(addr = %health.addr(), "probes and metrics listening");
@@ -220,19 +220,6 @@ pub fn store_job_error(error: &tally_store::StoreError) -> tally_queue::JobError
         _ if error.is_transient() => JobError::retry(error),
         _ => JobError::give_up(error),
     }
-}
-
-fn readiness_checks(client: QueueClient, store: Store) -> Vec<ReadinessCheck> {
-    vec![
-        ReadinessCheck::new("redis", move || {
-            let client = client.clone();
-            Box::pin(async move { client.ping().await.map_err(|e| e.to_string()) })
-        }),
-        ReadinessCheck::new("postgres", move || {
-            let store = store.clone();
-            Box::pin(async move { store.ping().await.map_err(|e| e.to_string()) })
-        }),
-    ]
 }
 
 #[cfg(test)]
