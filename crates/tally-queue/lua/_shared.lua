@@ -3,19 +3,77 @@
 -- Not a script of its own: it defines local functions only.
 --
 -- Per-job state (hash `state`, field = job id), one string per job:
---   "<token>:<attempts>:<crashes>:<errors>:<prio>[:<dedup key>]"
+--   "<token>:<attempts>:<crashes>:<errors>:<prio>[<held losses>][:<dedup key>]"
 --   token     fencing token of the current claim, 0 while not claimed
 --   attempts  claims that counted (a graceful requeue gives one back)
---   crashes   leases that expired (worker lost)
+--   crashes   leases that expired while the job was running (worker lost)
 --   errors    handler failures (error, panic, timeout)
---   prio      h | n | l, the ready list the job returns to
+--   prio      h | n | l, the ready list the job returns to; upper case (H,
+--             N, L) while the job is claimed ahead of a free slot ("held"):
+--             a worker holds it in its buffer and has not started it
+--   held losses  leases that expired while the job was held (digits, absent
+--             when 0): the worker died, but not while running this job
 --   dedup key present only while the job waits with a dedup key
+
+-- Redis's own clock, in ms since the epoch. Every lease, due time and
+-- dead-set age is judged by this one clock, never by a caller's, so hosts
+-- whose clocks disagree cannot expire each other's leases. (Scripts are
+-- replicated by their effects since Redis 5, so TIME is allowed before
+-- writes.)
+local function redis_now()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- A time the caller computed on its own clock (`at`, with `caller_now` read
+-- on the same clock) moved to Redis's clock: the caller's skew cancels out.
+local function to_redis_clock(at, caller_now, now)
+  return now + (at - caller_now)
+end
+
+-- Lua's unpack() fails beyond about 8000 values (LUAI_MAXCSTACK), and a
+-- script that fails half way keeps what it already did (Redis has no
+-- rollback). Every command whose arguments come from a caller-sized list
+-- goes through `call_unpacked`, which sends them in slices; array replies
+-- (HMGET) are joined in order. Slices are even, so pairs stay together.
+local UNPACK_MAX = 4000
+local function call_unpacked(cmd, key, list, opt)
+  local n = #list
+  if n <= UNPACK_MAX then
+    if opt then
+      return redis.call(cmd, key, opt, unpack(list))
+    end
+    return redis.call(cmd, key, unpack(list))
+  end
+  local joined = nil
+  for lo = 1, n, UNPACK_MAX do
+    local hi = math.min(lo + UNPACK_MAX - 1, n)
+    local r
+    if opt then
+      r = redis.call(cmd, key, opt, unpack(list, lo, hi))
+    else
+      r = redis.call(cmd, key, unpack(list, lo, hi))
+    end
+    if type(r) == 'table' then
+      joined = joined or {}
+      for i = 1, #r do
+        joined[#joined + 1] = r[i]
+      end
+    else
+      joined = (joined or 0) + r
+    end
+  end
+  return joined
+end
+
+local LOWER = { H = 'h', N = 'n', L = 'l', h = 'h', n = 'n', l = 'l' }
+local UPPER = { h = 'H', n = 'N', l = 'L' }
 
 local function parse_state(s)
   if not s then
     return nil
   end
-  local t, a, c, e, p, rest = string.match(s, '^(%d+):(%d+):(%d+):(%d+):(%a)(.*)$')
+  local t, a, c, e, p, hl, rest = string.match(s, '^(%d+):(%d+):(%d+):(%d+):(%a)(%d*)(.*)$')
   if not t then
     return nil
   end
@@ -23,7 +81,16 @@ local function parse_state(s)
   if rest ~= '' then
     d = string.sub(rest, 2)
   end
-  return { token = tonumber(t), attempts = tonumber(a), crashes = tonumber(c), errors = tonumber(e), prio = p, dedup = d }
+  return {
+    token = tonumber(t),
+    attempts = tonumber(a),
+    crashes = tonumber(c),
+    errors = tonumber(e),
+    prio = LOWER[p] or 'n',
+    held = UPPER[p] == nil and LOWER[p] ~= nil,
+    held_losses = tonumber(hl) or 0,
+    dedup = d,
+  }
 end
 
 -- Small counts as strings without a number-to-string conversion (which
@@ -35,7 +102,15 @@ local function num(n)
 end
 
 local function format_state(st)
-  local s = tostring(st.token) .. ':' .. num(st.attempts) .. ':' .. num(st.crashes) .. ':' .. num(st.errors) .. ':' .. st.prio
+  local s = tostring(st.token) .. ':' .. num(st.attempts) .. ':' .. num(st.crashes) .. ':' .. num(st.errors) .. ':'
+  if st.held then
+    s = s .. UPPER[st.prio]
+  else
+    s = s .. st.prio
+  end
+  if st.held_losses and st.held_losses > 0 then
+    s = s .. num(st.held_losses)
+  end
   if st.dedup then
     s = s .. ':' .. st.dedup
   end
@@ -99,7 +174,7 @@ local function complete_batch(jobs_key, state_key, leases_key, stats_key, first)
   if #ids == 0 then
     return {}
   end
-  local states = redis.call('HMGET', state_key, unpack(ids))
+  local states = call_unpacked('HMGET', state_key, ids)
   local done = {}
   local out = {}
   for k, id in ipairs(ids) do
@@ -111,9 +186,9 @@ local function complete_batch(jobs_key, state_key, leases_key, stats_key, first)
     end
   end
   if #done > 0 then
-    redis.call('ZREM', leases_key, unpack(done))
-    redis.call('HDEL', jobs_key, unpack(done))
-    redis.call('HDEL', state_key, unpack(done))
+    call_unpacked('ZREM', leases_key, done)
+    call_unpacked('HDEL', jobs_key, done)
+    call_unpacked('HDEL', state_key, done)
     redis.call('HINCRBY', stats_key, 'completed', #done)
   end
   return out
@@ -144,9 +219,9 @@ local function drop_dead(dk, ids)
   if #ids == 0 then
     return
   end
-  redis.call('ZREM', dk.dead, unpack(ids))
-  redis.call('HDEL', dk.envs, unpack(ids))
-  redis.call('HDEL', dk.info, unpack(ids))
+  call_unpacked('ZREM', dk.dead, ids)
+  call_unpacked('HDEL', dk.envs, ids)
+  call_unpacked('HDEL', dk.info, ids)
 end
 
 -- Caps the dead set by age and by count (oldest first).

@@ -13,19 +13,23 @@
 -- KEYS[8] dedup       hash  dedup key -> id
 -- KEYS[9] wake        list  wake markers
 -- KEYS[10] stats      hash  counters
--- ARGV[1] now ms
+-- ARGV[1] unused (was the caller's clock; leases run on Redis's clock)
 -- ARGV[2] lease ms
 -- ARGV[3] max jobs to claim (may be 0: acknowledge only)
--- ARGV[4..] two per finished job to acknowledge first: id, token
+-- ARGV[4] how many of them the worker starts at once (it has free slots for
+--         them); the others are claimed ahead and marked held, so that a
+--         worker lost while it only held them costs them no crash
+-- ARGV[5..] two per finished job to acknowledge first: id, token
 -- Returns: { ack statuses (1 completed, 0 stale token, one per finished job) }
 --          followed by six per claimed job: id, envelope (nil when missing),
 --          attempt, crashes, errors, token. Fewer jobs than asked means the ready
 --          lists are empty; the wake list is then cleared in the same atomic
 --          step, so a marker seen later always means new work.
 
-local now = tonumber(ARGV[1])
+local now = redis_now()
 local max = tonumber(ARGV[3])
-local acks = complete_batch(KEYS[4], KEYS[5], KEYS[6], KEYS[10], 4)
+local start_now = tonumber(ARGV[4])
+local acks = complete_batch(KEYS[4], KEYS[5], KEYS[6], KEYS[10], 5)
 if max == 0 then
   return { acks }
 end
@@ -52,8 +56,8 @@ if #ids == 0 then
   return { acks }
 end
 
-local envs = redis.call('HMGET', KEYS[4], unpack(ids))
-local states = redis.call('HMGET', KEYS[5], unpack(ids))
+local envs = call_unpacked('HMGET', KEYS[4], ids)
+local states = call_unpacked('HMGET', KEYS[5], ids)
 local last = redis.call('INCRBY', KEYS[7], #ids)
 local first = last - #ids
 local expiry = tostring(now + tonumber(ARGV[2]))
@@ -72,6 +76,7 @@ for i, id in ipairs(ids) do
   end
   st.attempts = st.attempts + 1
   st.token = first + i
+  st.held = i > start_now
   new_states[#new_states + 1] = id
   new_states[#new_states + 1] = format_state(st)
   leases[#leases + 1] = expiry
@@ -83,6 +88,6 @@ for i, id in ipairs(ids) do
   out[#out + 1] = st.errors
   out[#out + 1] = st.token
 end
-redis.call('HSET', KEYS[5], unpack(new_states))
-redis.call('ZADD', KEYS[6], unpack(leases))
+call_unpacked('HSET', KEYS[5], new_states)
+call_unpacked('ZADD', KEYS[6], leases)
 return out

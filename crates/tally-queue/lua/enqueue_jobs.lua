@@ -10,15 +10,23 @@
 -- KEYS[7] ready:high  list  ids
 -- KEYS[8] ready:normal
 -- KEYS[9] ready:low
--- ARGV[1] now, ms since the epoch (the caller's clock; scripts never read one)
+-- ARGV[1] now, ms since the epoch, on the caller's clock: due times are
+--         moved to Redis's clock by their distance from it (a delay runs on
+--         Redis's clock whatever the caller's skew)
 -- ARGV[2] channel to PUBLISH a due time on when it is earlier than any scheduled
 -- ARGV[3] wake marker cap
 -- ARGV[4..] five per job: id, envelope, prio (h|n|l), due ms (<= now: ready now),
 --           dedup key ('' for none)
 -- Returns: two per job, in order: the id the job lives under (the waiting
 --          job's id when coalesced), and 1 if coalesced else 0.
+--
+-- Idempotent per id: a job whose id is already live (waiting, scheduled or
+-- running) is not added again and is reported as coalesced into itself, so a
+-- producer may resend a batch after a lost reply. A dedup entry whose job is
+-- gone (it dangles) is replaced, never followed.
 
-local now = tonumber(ARGV[1])
+local caller_now = tonumber(ARGV[1])
+local now = redis_now()
 local cap = tonumber(ARGV[3])
 local out = {}
 local envs = {}
@@ -29,14 +37,25 @@ local sched = {}
 local earliest = nil
 local added = 0
 local ready_count = 0
+-- Ids added by this call (their envelopes are written at the end).
+local live = {}
+local function is_live(id)
+  return live[id] or redis.call('HEXISTS', KEYS[1], id) == 1
+end
 
 local i = 4
 while i <= #ARGV do
-  local id, env, prio, due, dkey = ARGV[i], ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3]), ARGV[i + 4]
+  local id, env, prio, due, dkey = ARGV[i], ARGV[i + 1], ARGV[i + 2], to_redis_clock(tonumber(ARGV[i + 3]), caller_now, now), ARGV[i + 4]
   i = i + 5
   local existing = false
   if dkey ~= '' then
     existing = redis.call('HGET', KEYS[4], dkey)
+    if existing and not is_live(existing) then
+      existing = false
+    end
+  end
+  if not existing and is_live(id) then
+    existing = id
   end
   if existing then
     out[#out + 1] = existing
@@ -48,6 +67,7 @@ while i <= #ARGV do
     if dkey ~= '' then
       redis.call('HSET', KEYS[4], dkey, id)
     end
+    live[id] = true
     envs[#envs + 1] = id
     envs[#envs + 1] = env
     local record = nil
@@ -82,14 +102,14 @@ while i <= #ARGV do
 end
 
 if #envs > 0 then
-  redis.call('HSET', KEYS[1], unpack(envs))
+  call_unpacked('HSET', KEYS[1], envs)
 end
 if #states > 0 then
-  redis.call('HSET', KEYS[2], unpack(states))
+  call_unpacked('HSET', KEYS[2], states)
 end
 if #sched > 0 then
   local first = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
-  redis.call('ZADD', KEYS[3], unpack(sched))
+  call_unpacked('ZADD', KEYS[3], sched)
   if first[2] == nil or earliest < tonumber(first[2]) then
     -- Promoters sleep until the earliest due time they know of: tell them.
     redis.call('PUBLISH', ARGV[2], earliest)
@@ -97,7 +117,7 @@ if #sched > 0 then
 end
 for _, p in ipairs({ 'h', 'n', 'l' }) do
   if #ready[p] > 0 then
-    redis.call('RPUSH', ready_keys[p], unpack(ready[p]))
+    call_unpacked('RPUSH', ready_keys[p], ready[p])
   end
 end
 push_wake(KEYS[6], ready_count, cap)

@@ -3,22 +3,23 @@
 --
 -- KEYS[1] state   hash  id -> per-job state
 -- KEYS[2] leases  zset  id by lease expiry
--- ARGV[1] new expiry ms (now + lease)
+-- ARGV[1] lease ms (the new expiry is Redis's now + lease)
 -- ARGV[2..] two per job: id, token
 -- Returns: one integer per job: 1 extended, 0 rejected (the worker lost the
 --          job: it was recovered by the reaper, or finished elsewhere)
 
+local expiry = redis_now() + tonumber(ARGV[1])
 local ids = {}
 for i = 2, #ARGV, 2 do
   ids[#ids + 1] = ARGV[i]
 end
-local states = redis.call('HMGET', KEYS[1], unpack(ids))
+local states = call_unpacked('HMGET', KEYS[1], ids)
 local leases = {}
 local out = {}
 for k, id in ipairs(ids) do
   local st = parse_state(states[k])
   if st and st.token ~= 0 and st.token == tonumber(ARGV[2 * k + 1]) then
-    leases[#leases + 1] = ARGV[1]
+    leases[#leases + 1] = expiry
     leases[#leases + 1] = id
     out[k] = 1
   else
@@ -26,6 +27,6 @@ for k, id in ipairs(ids) do
   end
 end
 if #leases > 0 then
-  redis.call('ZADD', KEYS[2], 'XX', unpack(leases))
+  call_unpacked('ZADD', KEYS[2], leases, 'XX')
 end
 return out

@@ -12,8 +12,9 @@
 -- KEYS[8] stats           hash  counters
 -- ARGV[1] id
 -- ARGV[2] token
--- ARGV[3] now ms
--- ARGV[4] due ms of the retry, or -1 to move the job to the dead set
+-- ARGV[3] now ms on the caller's clock
+-- ARGV[4] due ms of the retry on the caller's clock (moved to Redis's clock
+--         by its distance from ARGV[3]), or -1 to move the job to the dead set
 -- ARGV[5] error text
 -- ARGV[6] channel to PUBLISH an earlier due time on
 -- ARGV[7] dead set cap: count
@@ -21,8 +22,11 @@
 -- Returns: 1 retry scheduled, 2 dead, 0 rejected (stale token)
 
 local id = ARGV[1]
-local now = tonumber(ARGV[3])
+local now = redis_now()
 local due = tonumber(ARGV[4])
+if due >= 0 then
+  due = math.max(now, to_redis_clock(due, tonumber(ARGV[3]), now))
+end
 local st = parse_state(redis.call('HGET', KEYS[2], id))
 if not st or st.token == 0 or st.token ~= tonumber(ARGV[2]) then
   return 0

@@ -10,16 +10,19 @@
 -- KEYS[5] ready:normal
 -- KEYS[6] ready:low
 -- KEYS[7] wake         list
--- ARGV[1] now ms
+-- ARGV[1] unused (was the caller's clock; due times are on Redis's clock)
 -- ARGV[2] max jobs to move in this call
 -- ARGV[3] wake marker cap
--- Returns: { moved count, next due ms or -1 when nothing is scheduled }
+-- Returns: { moved count, next due ms or -1 when nothing is scheduled,
+--            Redis's now ms } (the caller sleeps next due - now, measured
+--            on Redis's clock, so its own clock's skew does not matter)
 
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+local now = redis_now()
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
 if #ids > 0 then
   local ready = { h = {}, n = {}, l = {} }
   local ready_keys = { h = KEYS[4], n = KEYS[5], l = KEYS[6] }
-  local states = redis.call('HMGET', KEYS[2], unpack(ids))
+  local states = call_unpacked('HMGET', KEYS[2], ids)
   for k, id in ipairs(ids) do
     local st = parse_state(states[k])
     local prio
@@ -32,10 +35,10 @@ if #ids > 0 then
     local list = ready[prio] or ready.n
     list[#list + 1] = id
   end
-  redis.call('ZREM', KEYS[1], unpack(ids))
+  call_unpacked('ZREM', KEYS[1], ids)
   for _, p in ipairs({ 'h', 'n', 'l' }) do
     if #ready[p] > 0 then
-      redis.call('RPUSH', ready_keys[p], unpack(ready[p]))
+      call_unpacked('RPUSH', ready_keys[p], ready[p])
     end
   end
   push_wake(KEYS[7], #ids, tonumber(ARGV[3]))
@@ -45,4 +48,4 @@ local next_due = -1
 if nxt[2] ~= nil then
   next_due = math.floor(tonumber(nxt[2]))
 end
-return { #ids, next_due }
+return { #ids, next_due, now }

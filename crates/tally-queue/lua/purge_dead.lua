@@ -3,8 +3,9 @@
 -- KEYS[1] dead            zset  id by death ms
 -- KEYS[2] dead:envelopes  hash
 -- KEYS[3] dead:info       hash
--- ARGV[1] 'ids' (then ARGV[2..] are job ids), 'before' (then ARGV[2] is a
---         death time in ms: jobs that died before it go) or 'all'
+-- ARGV[1] 'ids' (then ARGV[2..] are job ids), 'older' (then ARGV[2] is an
+--         age in ms: jobs that died longer ago than that by Redis's clock
+--         go, at most 5000 a call) or 'all'
 -- Returns: the number of dead jobs deleted
 
 local ids
@@ -12,8 +13,9 @@ if ARGV[1] == 'all' then
   local n = redis.call('ZCARD', KEYS[1])
   redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
   return n
-elseif ARGV[1] == 'before' then
-  ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[2], 'LIMIT', 0, 5000)
+elseif ARGV[1] == 'older' then
+  local cutoff = redis_now() - tonumber(ARGV[2])
+  ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. cutoff, 'LIMIT', 0, 5000)
 else
   ids = {}
   for i = 2, #ARGV do
@@ -25,7 +27,7 @@ end
 if #ids == 0 then
   return 0
 end
-redis.call('ZREM', KEYS[1], unpack(ids))
-redis.call('HDEL', KEYS[2], unpack(ids))
-redis.call('HDEL', KEYS[3], unpack(ids))
+call_unpacked('ZREM', KEYS[1], ids)
+call_unpacked('HDEL', KEYS[2], ids)
+call_unpacked('HDEL', KEYS[3], ids)
 return #ids

@@ -4,6 +4,13 @@
 -- lost worker can no longer finish it; a job whose crashes reach its max
 -- attempts goes to the dead set instead ("worker lost N times").
 --
+-- A job the lost worker only held (claimed ahead, not started as far as
+-- Redis knows) gets a held loss instead of a crash: it did not kill the
+-- worker. A worker that starts a held job does not tell Redis (that would
+-- cost a write per job), so a job that kills its worker right after leaving
+-- the buffer is counted as held; it still ends dead, after
+-- HELD_LOSS_FACTOR x max attempts such losses.
+--
 -- KEYS[1]  leases          zset  id by lease expiry
 -- KEYS[2]  state           hash  id -> per-job state
 -- KEYS[3]  jobs            hash  id -> envelope
@@ -15,7 +22,7 @@
 -- KEYS[9]  dead:envelopes  hash
 -- KEYS[10] dead:info       hash
 -- KEYS[11] stats           hash
--- ARGV[1] now ms
+-- ARGV[1] unused (was the caller's clock; leases run on Redis's clock)
 -- ARGV[2] max jobs per call
 -- ARGV[3] wake marker cap
 -- ARGV[4] dead set cap: count
@@ -23,8 +30,9 @@
 -- Returns: five per expired job: id, 1 recovered or 2 dead, crashes so far,
 --          kind ('' when the envelope is unreadable), attempt that was lost
 
-local now = tonumber(ARGV[1])
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+local HELD_LOSS_FACTOR = 3
+local now = redis_now()
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
 if #ids == 0 then
   return {}
 end
@@ -33,16 +41,28 @@ local dk = { dead = KEYS[8], envs = KEYS[9], info = KEYS[10] }
 local out = {}
 local recovered = 0
 local died = 0
-redis.call('ZREM', KEYS[1], unpack(ids))
+call_unpacked('ZREM', KEYS[1], ids)
 for _, id in ipairs(ids) do
   local st = parse_state(redis.call('HGET', KEYS[2], id))
   local env = redis.call('HGET', KEYS[3], id)
   local env_prio, max_attempts, kind = envelope_info(env)
   st = st or { token = 0, attempts = 1, crashes = 0, errors = 0, prio = env_prio }
-  st.crashes = st.crashes + 1
+  local reason = nil
+  if st.held then
+    st.held = false
+    st.held_losses = st.held_losses + 1
+    if st.held_losses >= HELD_LOSS_FACTOR * max_attempts then
+      reason = 'worker lost ' .. st.held_losses .. ' times while holding the job (lease expired each time)'
+    end
+  else
+    st.crashes = st.crashes + 1
+    if st.crashes >= max_attempts then
+      reason = 'worker lost ' .. st.crashes .. ' times (lease expired each time)'
+    end
+  end
   st.token = 0
-  if st.crashes >= max_attempts then
-    bury(dk, KEYS[3], KEYS[2], id, st, 'worker lost ' .. st.crashes .. ' times (lease expired each time)', now)
+  if reason then
+    bury(dk, KEYS[3], KEYS[2], id, st, reason, now)
     died = died + 1
     out[#out + 1] = id
     out[#out + 1] = 2

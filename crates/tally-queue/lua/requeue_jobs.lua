@@ -20,6 +20,7 @@ for k = 2, #ARGV, 2 do
   local st = parse_state(redis.call('HGET', KEYS[1], id))
   if st and st.token ~= 0 and st.token == tonumber(ARGV[k + 1]) then
     st.token = 0
+    st.held = false
     if st.attempts > 0 then
       st.attempts = st.attempts - 1
     end

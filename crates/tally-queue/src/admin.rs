@@ -339,10 +339,10 @@ impl QueueAdmin {
                 Ok(total)
             }
             DeadSelector::OlderThan(age) => {
-                let cutoff = now_ms().saturating_sub(millis(age));
+                let age_ms = millis(age);
                 let mut total = 0;
                 loop {
-                    let n = call(vec!["before".into(), cutoff.to_string()]).await?;
+                    let n = call(vec!["older".into(), age_ms.to_string()]).await?;
                     total += n;
                     if n < 5000 {
                         break Ok(total);
@@ -356,13 +356,13 @@ impl QueueAdmin {
     /// Workers do this by themselves; this is for tools and tests.
     pub async fn promote_due(&self, queue: &str) -> Result<usize, QueueError> {
         let keys = self.keys(queue)?;
-        Ok(scheduler::promote_due(&self.client, &keys, now_ms()).await?.0)
+        Ok(scheduler::promote_due(&self.client, &keys).await?.moved)
     }
 
     /// Runs the reaper once now. Returns how many expired leases it handled.
     pub async fn reap_expired(&self, queue: &str) -> Result<usize, QueueError> {
         let keys = self.keys(queue)?;
-        Ok(scheduler::reap_expired(&self.client, &keys, now_ms()).await?.len())
+        Ok(scheduler::reap_expired(&self.client, &keys).await?.len())
     }
 
     /// Deletes every key of `queue` (jobs, counters, dead set). There are no

@@ -32,22 +32,31 @@ use crate::{JobEvent, QueueClient, QueueError, QueueKeys, scripts};
 /// Most jobs one promote or reap call moves (more means another call at once).
 const BATCH: usize = 1000;
 
-/// Moves due jobs to their ready lists. Returns the number moved and the
-/// next due time, if anything is still scheduled.
-pub(crate) async fn promote_due(
-    client: &QueueClient,
-    keys: &QueueKeys,
-    now: u64,
-) -> Result<(usize, Option<u64>), QueueError> {
+/// What one promote call did, on Redis's clock.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Promoted {
+    pub(crate) moved: usize,
+    /// Next due time still scheduled (Redis's clock, ms).
+    pub(crate) next_due: Option<u64>,
+    /// Redis's clock when the script ran (ms).
+    pub(crate) redis_now: u64,
+}
+
+/// Moves jobs due by Redis's clock to their ready lists.
+pub(crate) async fn promote_due(client: &QueueClient, keys: &QueueKeys) -> Result<Promoted, QueueError> {
     let mut invocation = scripts::PROMOTE_DUE.prepare_invoke();
     invocation.key(keys.scheduled()).key(keys.state()).key(keys.jobs());
     for key in keys.ready_all() {
         invocation.key(key);
     }
-    invocation.key(keys.wake()).arg(now).arg(BATCH).arg(WAKE_CAP);
+    invocation.key(keys.wake()).arg(0).arg(BATCH).arg(WAKE_CAP);
     let mut conn = client.conn();
-    let (moved, next): (usize, i64) = invocation.invoke_async(&mut conn).await?;
-    Ok((moved, u64::try_from(next).ok()))
+    let (moved, next, redis_now): (usize, i64, u64) = invocation.invoke_async(&mut conn).await?;
+    Ok(Promoted {
+        moved,
+        next_due: u64::try_from(next).ok(),
+        redis_now,
+    })
 }
 
 /// One recovered or buried job, as the reaper reports it.
@@ -60,8 +69,8 @@ pub(crate) struct Reaped {
     pub(crate) attempt: u32,
 }
 
-/// Recovers up to [`BATCH`] jobs whose lease expired before `now`.
-pub(crate) async fn reap_expired(client: &QueueClient, keys: &QueueKeys, now: u64) -> Result<Vec<Reaped>, QueueError> {
+/// Recovers up to [`BATCH`] jobs whose lease expired by Redis's clock.
+pub(crate) async fn reap_expired(client: &QueueClient, keys: &QueueKeys) -> Result<Vec<Reaped>, QueueError> {
     let config = client.config();
     let mut invocation = scripts::REAP_EXPIRED.prepare_invoke();
     invocation.key(keys.leases()).key(keys.state()).key(keys.jobs());
@@ -74,7 +83,7 @@ pub(crate) async fn reap_expired(client: &QueueClient, keys: &QueueKeys, now: u6
         .key(keys.dead_envelopes())
         .key(keys.dead_info())
         .key(keys.stats())
-        .arg(now)
+        .arg(0)
         .arg(BATCH)
         .arg(WAKE_CAP)
         .arg(config.dead_max_count)
@@ -104,17 +113,23 @@ pub(crate) async fn run_promoter(shared: Arc<Shared>, stop: CancellationToken) {
     let listener = tokio::spawn(listen_for_due_times(shared.clone(), tx, stop.clone()));
     let mut backoff = RetryBackoff::new(config.retry_backoff_min, config.retry_backoff_max);
     loop {
-        let now = now_ms();
-        let next_due = match promote_due(&shared.client, &shared.keys, now).await {
-            Ok((moved, next)) => {
+        // Due times live on Redis's clock; this process sleeps on its own
+        // monotonic timer. `offset` turns one into the other (Redis's now
+        // minus ours when the script ran), so a skewed host clock neither
+        // promotes early nor late.
+        let (next_due, offset) = match promote_due(&shared.client, &shared.keys).await {
+            Ok(promoted) => {
                 backoff.reset();
-                if moved > 0 {
-                    debug!(queue = %shared.queue, moved, "promoted due jobs");
+                if promoted.moved > 0 {
+                    debug!(queue = %shared.queue, moved = promoted.moved, "promoted due jobs");
                 }
-                if moved >= BATCH {
+                if promoted.moved >= BATCH {
                     continue;
                 }
-                next
+                (
+                    promoted.next_due,
+                    promoted.redis_now.cast_signed() - now_ms().cast_signed(),
+                )
             }
             Err(err) => {
                 let delay = backoff.next_delay();
@@ -125,9 +140,12 @@ pub(crate) async fn run_promoter(shared: Arc<Shared>, stop: CancellationToken) {
                 }
             }
         };
+        // Everything below on Redis's clock.
+        let redis_now = || now_ms().saturating_add_signed(offset);
+        let now = redis_now();
         let mut target = next_due.map_or(now + max_sleep, |due| due.min(now + max_sleep));
         loop {
-            let wait = target.saturating_sub(now_ms());
+            let wait = target.saturating_sub(redis_now());
             if wait == 0 {
                 break;
             }
@@ -231,7 +249,7 @@ pub(crate) async fn run_reaper(shared: Arc<Shared>, stop: CancellationToken) {
             }
         }
         loop {
-            match reap_expired(&shared.client, &shared.keys, now_ms()).await {
+            match reap_expired(&shared.client, &shared.keys).await {
                 Ok(reaped) => {
                     for job in &reaped {
                         report_reaped(&shared, job);

@@ -66,8 +66,16 @@ pub(crate) struct Shared {
     counters: Counters,
 }
 
-/// Running attempts by job id: token and cancellation, for the heartbeat.
-type LeaseTable = Arc<Mutex<HashMap<String, (u64, CancellationToken)>>>;
+/// Held and running attempts by (job id, fencing token), for the heartbeat.
+/// Keyed by the token too: after a lost lease the same worker may claim the
+/// job again, and the stale attempt must neither share nor remove the new
+/// claim's entry.
+type LeaseTable = Arc<Mutex<HashMap<(String, u64), CancellationToken>>>;
+
+/// Most jobs one claim call asks for: a script's work must stay bounded
+/// however large the concurrency (the scripts themselves are safe at any
+/// size, see `call_unpacked` in `lua/_shared.lua`).
+pub(crate) const MAX_CLAIM_BATCH: usize = 1000;
 
 /// One job as returned by the claim script.
 struct Claimed {
@@ -77,6 +85,8 @@ struct Claimed {
     crashes: u32,
     errors: u32,
     token: u64,
+    /// Claimed ahead of a free slot (Redis marked it held, see `claim_jobs.lua`).
+    held: bool,
 }
 
 /// An attempt in progress.
@@ -151,6 +161,7 @@ impl Worker {
             leases,
             finishers: JoinSet::new(),
             completions: Vec::new(),
+            starting: VecDeque::new(),
             buffer: VecDeque::new(),
             prefetch: self.prefetch,
             rtt_us: Ewma::default(),
@@ -208,7 +219,10 @@ struct Driver {
     finishers: JoinSet<()>,
     /// Successful attempts not yet sent for acknowledgement.
     completions: Vec<Finished>,
-    /// Claimed jobs waiting for a free slot (leased, covered by heartbeats).
+    /// Claimed jobs Redis was told start at once (a slot is theirs).
+    starting: VecDeque<(Claimed, CancellationToken)>,
+    /// Jobs claimed ahead, waiting for a free slot (held: leased, covered by
+    /// heartbeats, not charged a crash if this process dies).
     buffer: VecDeque<(Claimed, CancellationToken)>,
     /// Whether to claim ahead of free slots when handlers are fast.
     prefetch: bool,
@@ -256,7 +270,11 @@ impl Driver {
         loop {
             let free = self.concurrency.saturating_sub(self.by_task.len());
             let ahead = if more { self.claim_ahead() } else { 0 };
-            let want = (free + ahead).saturating_sub(self.buffer.len() + asked_in_flight);
+            let pending = self.starting.len() + self.buffer.len() + asked_in_flight;
+            let want = (free + ahead).saturating_sub(pending).min(MAX_CLAIM_BATCH);
+            // Jobs of this claim that will find a free slot on arrival: every
+            // job buffered or asked for before them is served first.
+            let start_now = free.saturating_sub(pending).min(want);
             // With fast handlers a second call may travel while the first is
             // served, so Redis and this process work at the same time.
             let max_calls = if ahead > 0 { 2 } else { 1 };
@@ -265,7 +283,7 @@ impl Driver {
                 was_woken = false;
                 asked_in_flight += want;
                 let acks = std::mem::take(&mut self.completions);
-                claims.push(Box::pin(claim_jobs(self.shared.clone(), want, acks)));
+                claims.push(Box::pin(claim_jobs(self.shared.clone(), want, start_now, acks)));
             } else if claims.is_empty() {
                 self.flush_completions();
             }
@@ -348,28 +366,37 @@ impl Driver {
         self.leases
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(job.id.clone(), (job.token, cancel.clone()));
-        self.buffer.push_back((job, cancel));
+            .insert((job.id.clone(), job.token), cancel.clone());
+        if job.held {
+            self.buffer.push_back((job, cancel));
+        } else {
+            self.starting.push_back((job, cancel));
+        }
     }
 
-    /// Starts buffered jobs while slots are free.
+    /// Starts buffered jobs while slots are free, the ones Redis was told
+    /// start at once first.
     fn fill_slots(&mut self) {
         while self.by_task.len() < self.concurrency {
-            let Some((job, cancel)) = self.buffer.pop_front() else {
+            let Some((job, cancel)) = self.starting.pop_front().or_else(|| self.buffer.pop_front()) else {
                 break;
             };
             self.start(job, cancel);
         }
     }
 
+    fn forget_lease(&self, id: &str, token: u64) {
+        self.leases
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&(id.to_owned(), token));
+    }
+
     /// Starts one claimed job, or buries it when its input is bad.
     fn start(&mut self, job: Claimed, cancel: CancellationToken) {
         if cancel.is_cancelled() {
             // The lease was lost while the job waited for a slot.
-            self.leases
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .remove(&job.id);
+            self.forget_lease(&job.id, job.token);
             self.shared.counters.stale.fetch_add(1, Ordering::Relaxed);
             return;
         }
@@ -439,10 +466,7 @@ impl Driver {
 
     /// Sends a job with bad input to the dead set.
     fn bury(&mut self, job: &Claimed, kind: Option<String>, reason: String) {
-        self.leases
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&job.id);
+        self.forget_lease(&job.id, job.token);
         warn!(queue = %self.shared.queue, id = %job.id, %reason, "bad input: moving job to the dead set");
         let event = JobEvent {
             queue: self.shared.queue.clone(),
@@ -483,10 +507,7 @@ impl Driver {
         let Some(running) = self.by_task.remove(&task) else {
             return;
         };
-        self.leases
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&running.id);
+        self.forget_lease(&running.id, running.token);
         let duration = running.started.elapsed();
         self.handler_us.add(duration.as_secs_f64() * 1e6);
         let error = match outcome {
@@ -549,8 +570,23 @@ impl Driver {
                 Err(_) => self.completions.extend(done.acks),
             }
         }
-        // Claimed ahead but never started: give back at once.
-        to_requeue.extend(self.buffer.drain(..).map(|(job, _)| (job.id, job.token)));
+        // Claimed ahead but never started: give back at once, before waiting
+        // for the running handlers, so other workers can take them now.
+        to_requeue.extend(
+            self.starting
+                .drain(..)
+                .chain(self.buffer.drain(..))
+                .map(|(job, _)| (job.id, job.token)),
+        );
+        if !to_requeue.is_empty() {
+            for (id, token) in &to_requeue {
+                self.forget_lease(id, *token);
+            }
+            requeue(&self.shared, &to_requeue, config.command_timeout * 2).await;
+            to_requeue.clear();
+        }
+        // The heartbeat keeps the running jobs' leases alive until they end
+        // or are put back below.
         let deadline = tokio::time::Instant::now() + self.drain_timeout;
         if !self.jobs.is_empty() {
             info!(queue = %self.shared.queue, running = self.jobs.len(), "draining running jobs");
@@ -613,7 +649,12 @@ async fn run_attempt(mut future: HandlerFuture, timeout: Duration, cancel: Cance
     outcome
 }
 
-/// Retry time (ms since the epoch) or -1 for the dead set, and the reason.
+/// Longest retry delay honoured: an envelope may ask for any backoff, but a
+/// due time must stay a valid Redis score and a positive `i64`.
+const MAX_RETRY_DELAY_MS: u64 = 365 * 24 * 3_600_000;
+
+/// Retry time (ms since the epoch, on this host's clock; the script moves it
+/// to Redis's) or -1 for the dead set, and the reason.
 fn decide(running: &Running, error: &JobError) -> (i64, String) {
     let failures = running.errors + 1;
     let max = running.policy.max_attempts.max(1);
@@ -626,13 +667,14 @@ fn decide(running: &Running, error: &JobError) -> (i64, String) {
         JobError::Retry(_) => running.policy.backoff.delay_ms(failures, rand::random::<f64>()),
         JobError::RetryAfter(delay, _) => millis(*delay),
     };
-    ((now_ms() + delay_ms) as i64, message)
+    let due = now_ms().saturating_add(delay_ms.min(MAX_RETRY_DELAY_MS));
+    (i64::try_from(due).unwrap_or(i64::MAX), message)
 }
 
 /// Acknowledges `acks` and claims up to `count` jobs, in one script call.
-async fn claim_jobs(shared: Arc<Shared>, count: usize, acks: Vec<Finished>) -> ClaimDone {
+async fn claim_jobs(shared: Arc<Shared>, count: usize, start_now: usize, acks: Vec<Finished>) -> ClaimDone {
     let sent = Instant::now();
-    let result = claim_call(&shared, count, &acks).await;
+    let result = claim_call(&shared, count, start_now, &acks).await;
     ClaimDone {
         asked: count,
         sent,
@@ -641,7 +683,12 @@ async fn claim_jobs(shared: Arc<Shared>, count: usize, acks: Vec<Finished>) -> C
     }
 }
 
-async fn claim_call(shared: &Shared, count: usize, acks: &[Finished]) -> Result<ClaimReply, QueueError> {
+async fn claim_call(
+    shared: &Shared,
+    count: usize,
+    start_now: usize,
+    acks: &[Finished],
+) -> Result<ClaimReply, QueueError> {
     let keys = &shared.keys;
     let config = shared.client.config();
     let mut invocation = scripts::CLAIM_JOBS.prepare_invoke();
@@ -656,9 +703,10 @@ async fn claim_call(shared: &Shared, count: usize, acks: &[Finished]) -> Result<
         .key(keys.dedup())
         .key(keys.wake())
         .key(keys.stats())
-        .arg(now_ms())
+        .arg(0)
         .arg(millis(config.lease))
-        .arg(count);
+        .arg(count)
+        .arg(start_now);
     for job in acks {
         invocation.arg(&job.id).arg(job.token);
     }
@@ -685,6 +733,7 @@ async fn claim_call(shared: &Shared, count: usize, acks: &[Finished]) -> Result<
             crashes: redis::from_redis_value(crashes)?,
             errors: redis::from_redis_value(errors)?,
             token: redis::from_redis_value(token)?,
+            held: jobs.len() >= start_now,
         });
     }
     Ok(ClaimReply { acks, jobs })
@@ -910,15 +959,15 @@ async fn run_heartbeat(shared: Arc<Shared>, leases: LeaseTable, stop: Cancellati
         let snapshot: Vec<(String, u64)> = leases
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .map(|(id, (token, _))| (id.clone(), *token))
+            .keys()
+            .cloned()
             .collect();
         for chunk in snapshot.chunks(500) {
             let mut invocation = scripts::EXTEND_LEASES.prepare_invoke();
             invocation
                 .key(shared.keys.state())
                 .key(shared.keys.leases())
-                .arg(now_ms() + millis(config.lease));
+                .arg(millis(config.lease));
             for (id, token) in chunk {
                 invocation.arg(id).arg(*token);
             }
@@ -926,11 +975,11 @@ async fn run_heartbeat(shared: Arc<Shared>, leases: LeaseTable, stop: Cancellati
             match invocation.invoke_async::<Vec<i64>>(&mut conn).await {
                 Ok(statuses) => {
                     let table = leases.lock().unwrap_or_else(PoisonError::into_inner);
-                    for ((id, token), status) in chunk.iter().zip(statuses) {
+                    for (key, status) in chunk.iter().zip(statuses) {
                         if status == 0
-                            && let Some((current, cancel)) = table.get(id)
-                            && current == token
+                            && let Some(cancel) = table.get(key)
                         {
+                            let id = &key.0;
                             warn!(queue = %shared.queue, %id, "lease lost; cancelling the attempt");
                             cancel.cancel();
                         }
@@ -941,3 +990,7 @@ async fn run_heartbeat(shared: Arc<Shared>, leases: LeaseTable, stop: Cancellati
         }
     }
 }
+
+#[cfg(test)]
+#[path = "runtime_tests.rs"]
+mod tests;
