@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Makes sure the servers the tests and the demo start for themselves are
-# installed: redis-server and PostgreSQL's server binaries (initdb, postgres).
+# installed: redis-server and PostgreSQL's server binaries (initdb, postgres),
+# and faketime (the clock-skew tests run workers on a shifted clock).
 # As root it installs the missing Debian packages; otherwise it names them and
 # stops. Idempotent and quiet when everything is there.
 set -euo pipefail
@@ -13,6 +14,7 @@ have_postgres() {
   compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null
 }
 have_postgres || missing+=(postgresql)
+command -v faketime >/dev/null 2>&1 || missing+=(faketime)
 
 # The test kit runs PostgreSQL as the `postgres` user when started as root.
 if [ "$(id -u)" = 0 ] && ! id postgres >/dev/null 2>&1; then

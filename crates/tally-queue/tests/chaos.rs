@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use common::{Echo, QUEUE, eventually};
 use redis::AsyncCommands as _;
-use tally_queue::{JobContext, JobError, Producer, QueueAdmin, QueueClient, QueueConfig, Worker, now_ms};
+use tally_queue::{
+    EnqueueOptions, JobContext, JobError, Producer, QueueAdmin, QueueClient, QueueConfig, Worker, now_ms,
+};
 
 const CHILD_ENV: &str = "TALLY_QUEUE_CHAOS_CHILD";
 /// Lease of the child workers.
@@ -32,6 +34,20 @@ end
 redis.call('HINCRBY', KEYS[3], ARGV[1], 1)
 return 0
 ";
+
+/// Records a start as `pid:<Redis's clock, ms>:attempt`: Redis's clock, so
+/// that starts of workers whose own clocks are shifted compare.
+const RECORD_START: &str = r"
+local t = redis.call('TIME')
+local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. ':' .. string.format('%d', ms) .. ':' .. ARGV[3])
+";
+
+/// Redis's clock, ms.
+async fn redis_now(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
+    let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(conn).await.expect("TIME");
+    secs * 1000 + micros / 1000
+}
 
 fn chaos_key(prefix: &str, name: &str) -> String {
     format!("{prefix}:chaos:{name}")
@@ -63,22 +79,28 @@ async fn chaos_child_worker() {
         .await
         .expect("sink");
     let script = redis::Script::new(FENCED_APPLY);
+    let record_start = redis::Script::new(RECORD_START);
     let pid = std::process::id();
     let worker = Worker::builder(client, QUEUE)
         .concurrency(4)
         .handle(move |job: Echo, ctx: JobContext| {
             let mut sink = sink.clone();
             let script = script.clone();
+            let record_start = record_start.clone();
             let prefix = prefix.clone();
-            let long = mode == "term" && job.n.is_multiple_of(10);
+            // Longer than the drain (term) or than two leases (clock).
+            let long = match mode.as_str() {
+                "term" => job.n.is_multiple_of(10).then_some(3000),
+                "clock" => job.n.is_multiple_of(25).then_some(2500),
+                _ => None,
+            };
             async move {
-                let started = format!("{pid}:{}:{}", now_ms(), ctx.attempt);
-                let _: () = sink
-                    .hset(
-                        chaos_key(&prefix, "starts"),
-                        format!("{}:{:020}", ctx.id, ctx.token),
-                        started,
-                    )
+                let _: () = record_start
+                    .key(chaos_key(&prefix, "starts"))
+                    .arg(format!("{}:{:020}", ctx.id, ctx.token))
+                    .arg(pid)
+                    .arg(ctx.attempt)
+                    .invoke_async(&mut sink)
                     .await
                     .map_err(JobError::retry)?;
                 tokio::time::sleep(Duration::from_millis(10 + rand::random::<u64>() % 50)).await;
@@ -91,7 +113,7 @@ async fn chaos_child_worker() {
                     .invoke_async(&mut sink)
                     .await
                     .map_err(JobError::retry)?;
-                let tail = if long { 3000 } else { rand::random::<u64>() % 20 };
+                let tail = long.unwrap_or_else(|| rand::random::<u64>() % 20);
                 tokio::time::sleep(Duration::from_millis(tail)).await;
                 let _: () = sink
                     .hset(chaos_key(&prefix, "done"), &ctx.id, ctx.token)
@@ -121,7 +143,28 @@ async fn chaos_child_worker() {
 }
 
 fn spawn_child(url: &str, prefix: &str, mode: &str, drain_ms: u64) -> Child {
-    Command::new(std::env::current_exe().expect("test binary"))
+    spawn_child_with_clock(url, prefix, mode, drain_ms, None)
+}
+
+/// A child worker; with `clock_offset` (e.g. "+30s") it runs under
+/// `faketime`, its wall clock shifted (its monotonic clock left alone, as on
+/// a host whose clock is simply wrong).
+fn spawn_child_with_clock(url: &str, prefix: &str, mode: &str, drain_ms: u64, clock_offset: Option<&str>) -> Child {
+    let exe = std::env::current_exe().expect("test binary");
+    let mut command = match clock_offset {
+        None => Command::new(exe),
+        Some(offset) => {
+            let faketime = tally_testkit::faketime().expect("faketime");
+            let mut command = Command::new(faketime);
+            command
+                .arg("-f")
+                .arg(offset)
+                .arg(exe)
+                .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+            command
+        }
+    };
+    command
         .args(["--exact", "chaos_child_worker", "--nocapture", "--test-threads=1"])
         .env(CHILD_ENV, mode)
         .env("CHAOS_REDIS_URL", url)
@@ -353,4 +396,89 @@ async fn s10_sigterm_under_load_exits_zero_in_time_and_loses_nothing() {
             "job {id} spent an attempt: {runs:?}"
         );
     }
+}
+
+/// Clocks that disagree: three worker processes, one on the true clock, one
+/// 30 s ahead and one 30 s behind, share a queue of short jobs, jobs longer
+/// than two leases (kept alive only by heartbeats) and delayed jobs. Leases
+/// and due times are judged by Redis's clock, so nothing is reaped, nothing
+/// runs twice or dies, and no delayed job starts before it is due.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skewed_worker_clocks_neither_reap_early_nor_promote_early() {
+    const NOW: u64 = 200;
+    const DELAYED: u64 = 40;
+    if std::env::var(CHILD_ENV).is_ok() {
+        return;
+    }
+    let redis = tally_testkit::redis().await;
+    let prefix = redis.namespace.clone();
+    let client = QueueClient::connect(&redis.url, QueueConfig::with_prefix(&prefix))
+        .await
+        .expect("connect");
+    let mut conn = redis.connection().await;
+    let children: Vec<Child> = [None, Some("+30s"), Some("-30s")]
+        .into_iter()
+        .map(|offset| spawn_child_with_clock(&redis.url, &prefix, "clock", 2000, offset))
+        .collect();
+    // Let every worker start and block on the wake list.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let producer = Producer::new(client.clone());
+    let jobs: Vec<Echo> = (0..NOW).map(Echo::new).collect();
+    producer.enqueue_batch(&jobs).await.expect("enqueue");
+    let mut due_at: HashMap<String, u64> = HashMap::new();
+    for i in 0..DELAYED {
+        let delay = Duration::from_millis(1500 + 50 * i);
+        let before = redis_now(&mut conn).await;
+        let enqueued = producer
+            .enqueue_with(&Echo::new(1000 + i), EnqueueOptions::delayed(delay))
+            .await
+            .expect("enqueue delayed");
+        due_at.insert(enqueued.id, before + millis(delay));
+    }
+    let admin = QueueAdmin::new(client.clone());
+    eventually("every job done", Duration::from_mins(2), || async {
+        let stats = admin.stats(QUEUE).await.expect("stats");
+        stats.counters.completed + stats.counters.dead >= NOW + DELAYED
+    })
+    .await;
+    for mut child in children {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    let stats = admin.stats(QUEUE).await.expect("stats");
+    assert_eq!(
+        (
+            stats.counters.completed,
+            stats.counters.recovered,
+            stats.counters.failed,
+            stats.dead
+        ),
+        (NOW + DELAYED, 0, 0, 0),
+        "no lease judged expired by a skewed clock: {stats:?}"
+    );
+    let starts = read_starts(&mut conn, &prefix).await;
+    assert_eq!(starts.len() as u64, NOW + DELAYED);
+    let runs_twice: Vec<_> = starts.iter().filter(|(_, runs)| runs.len() > 1).collect();
+    assert!(runs_twice.is_empty(), "jobs ran twice: {runs_twice:?}");
+    let pids: HashSet<u32> = starts.values().flatten().map(|s| s.pid).collect();
+    assert_eq!(pids.len(), 3, "all three clocks took part");
+    for (id, due) in &due_at {
+        let started = starts[id][0].at_ms;
+        assert!(
+            started + 5 >= *due,
+            "delayed job {id} started {} ms before it was due",
+            due - started
+        );
+        assert!(
+            started <= due + 2000,
+            "delayed job {id} started {} ms late",
+            started - due
+        );
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).expect("ms")
 }

@@ -34,6 +34,17 @@ pub(crate) fn redis_server() -> Result<PathBuf> {
     })
 }
 
+/// The `faketime` program (Debian's `faketime`, libfaketime) on `PATH`, for
+/// tests that run a process on a shifted clock.
+pub fn faketime() -> Result<PathBuf> {
+    find_on_path("faketime").ok_or_else(|| {
+        anyhow!(
+            "tally-testkit: `faketime` not found on PATH; \
+             install the Debian package `faketime` (apt-get install faketime)"
+        )
+    })
+}
+
 /// `initdb` and `postgres` from the first directory that has both: the
 /// directory of a `postgres` or `initdb` found on `PATH` (symlinks resolved),
 /// else the highest version under `/usr/lib/postgresql/*/bin`.

@@ -60,6 +60,7 @@ mod redis_server;
 mod scratch;
 mod shared;
 
+pub use binaries::faketime;
 pub use postgres_server::PostgresServer;
 pub use redis_server::{RedisOptions, RedisServer};
 pub use shared::{TestDatabase, TestRedis, database, database_from_template, redis};
