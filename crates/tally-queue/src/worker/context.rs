@@ -36,6 +36,18 @@ pub struct JobContext {
     /// drain runs out of time. The handler's future is dropped right after;
     /// the token lets it stop blocking work or child tasks first.
     pub cancel: CancellationToken,
+    /// When the attempt times out (its timeout from the start of the
+    /// handler). Work the handler hands to other systems (a database
+    /// statement, a lock wait) should be bounded by the time left, see
+    /// [`JobContext::remaining`], so it does not outlive the attempt.
+    pub deadline: std::time::Instant,
+}
+
+impl JobContext {
+    /// Time left before the attempt times out (zero once it has).
+    pub fn remaining(&self) -> std::time::Duration {
+        self.deadline.saturating_duration_since(std::time::Instant::now())
+    }
 }
 
 /// A handler's failure, saying what the engine should do next.

@@ -423,6 +423,9 @@ impl Driver {
             self.bury(&job, Some(envelope.kind), reason);
             return;
         };
+        let timeout = self
+            .job_timeout
+            .unwrap_or(Duration::from_millis(envelope.policy.timeout_ms.max(1)));
         let ctx = JobContext {
             id: job.id.clone(),
             kind: envelope.kind.clone(),
@@ -435,6 +438,7 @@ impl Driver {
             trace: envelope.trace.clone(),
             created_at_ms: envelope.created_at_ms,
             cancel: cancel.clone(),
+            deadline: Instant::now() + timeout,
         };
         let future = match handler.start(&envelope, ctx) {
             Ok(future) => future,
@@ -443,9 +447,6 @@ impl Driver {
                 return;
             }
         };
-        let timeout = self
-            .job_timeout
-            .unwrap_or(Duration::from_millis(envelope.policy.timeout_ms.max(1)));
         let handle = self.jobs.spawn(run_attempt(future, timeout, cancel.clone()));
         let wait = now_ms().checked_sub(envelope.created_at_ms).map(Duration::from_millis);
         self.by_task.insert(
