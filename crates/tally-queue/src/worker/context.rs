@@ -1,6 +1,7 @@
 //! What a handler sees ([`JobContext`]) and what it answers on failure
 //! ([`JobError`]).
 
+use std::time::{Duration, Instant};
 use std::time::Duration;
 
 use tally_jobs::{JobPolicy, TraceContext};
@@ -40,13 +41,13 @@ pub struct JobContext {
     /// handler). Work the handler hands to other systems (a database
     /// statement, a lock wait) should be bounded by the time left, see
     /// [`JobContext::remaining`], so it does not outlive the attempt.
-    pub deadline: std::time::Instant,
+    pub deadline: Instant,
 }
 
 impl JobContext {
     /// Time left before the attempt times out (zero once it has).
-    pub fn remaining(&self) -> std::time::Duration {
-        self.deadline.saturating_duration_since(std::time::Instant::now())
+    pub fn remaining(&self) -> Duration {
+        self.deadline.saturating_duration_since(Instant::now())
     }
 }
 
