@@ -2,7 +2,6 @@
 //! ([`JobError`]).
 
 use std::time::{Duration, Instant};
-use std::time::Duration;
 
 use tally_jobs::{JobPolicy, TraceContext};
 use tokio_util::sync::CancellationToken;
