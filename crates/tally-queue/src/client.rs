@@ -2,12 +2,21 @@
 //! all ordinary commands, plus the means to open the dedicated connections
 //! that blocking commands and pub/sub need.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
-use redis::{AsyncConnectionConfig, Client};
+use redis::io::tcp::socket2::TcpKeepalive;
+use redis::{AsyncConnectionConfig, Client, IntoConnectionInfo as _};
 
 use crate::{QueueConfig, QueueError, QueueKeys};
+
+/// Idle time before the first keepalive probe, then the interval between
+/// probes and how many may go unanswered: a silent peer is dropped after
+/// about 10 + 3 x 5 = 25 s even on a connection that sends nothing.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+const KEEPALIVE_RETRIES: u32 = 3;
 
 /// A handle on Redis plus the engine settings. Cheap to clone; producers,
 /// workers and the admin API are built from it.
@@ -19,7 +28,9 @@ pub struct QueueClient {
 struct Inner {
     config: QueueConfig,
     client: Client,
-    conn: ConnectionManager,
+    manager_config: ConnectionManagerConfig,
+    /// The shared connection, and when it was last replaced.
+    conn: Mutex<(ConnectionManager, Instant)>,
 }
 
 impl std::fmt::Debug for QueueClient {
@@ -37,7 +48,26 @@ impl QueueClient {
     /// is back), only for a malformed URL or invalid settings.
     pub fn new(url: &str, config: QueueConfig) -> Result<Self, QueueError> {
         config.validate()?;
-        let client = Client::open(url).map_err(|e| QueueError::Config(format!("bad redis url: {e}")))?;
+        let info = url
+            .into_connection_info()
+            .map_err(|e| QueueError::Config(format!("bad redis url: {e}")))?;
+        // A peer that vanishes without a reset (failover to another address,
+        // a partition) is noticed by keepalive probes on idle connections and
+        // by TCP_USER_TIMEOUT when sent data goes unacknowledged, instead of
+        // by the kernel's two hours. Response timeouts bound every command on
+        // top of that (the blocking wait too, see `run_waker`).
+        let tcp = info
+            .tcp_settings()
+            .clone()
+            .set_keepalive(
+                TcpKeepalive::new()
+                    .with_time(KEEPALIVE_IDLE)
+                    .with_interval(KEEPALIVE_INTERVAL)
+                    .with_retries(KEEPALIVE_RETRIES),
+            )
+            .set_user_timeout(config.command_timeout.max(Duration::from_secs(1)));
+        let info = info.set_tcp_settings(tcp);
+        let client = Client::open(info).map_err(|e| QueueError::Config(format!("bad redis url: {e}")))?;
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(config.connect_timeout))
             .set_response_timeout(Some(config.command_timeout))
@@ -45,9 +75,14 @@ impl QueueClient {
             .set_number_of_retries(1)
             .set_min_delay(config.retry_backoff_min)
             .set_max_delay(config.retry_backoff_max);
-        let conn = ConnectionManager::new_lazy_with_config(client.clone(), manager_config)?;
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), manager_config.clone())?;
         Ok(Self {
-            inner: Arc::new(Inner { config, client, conn }),
+            inner: Arc::new(Inner {
+                config,
+                client,
+                manager_config,
+                conn: Mutex::new((conn, Instant::now())),
+            }),
         })
     }
 
@@ -67,13 +102,39 @@ impl QueueClient {
     pub async fn ping(&self) -> Result<(), QueueError> {
         let mut conn = self.conn();
         let first: Result<String, QueueError> = redis::cmd("PING").query_async(&mut conn).await.map_err(Into::into);
-        match first {
+        match self.observe(first) {
             Err(e) if e.is_unavailable() => {
-                let _: String = redis::cmd("PING").query_async(&mut conn).await?;
-                Ok(())
+                let mut conn = self.conn();
+                let second: Result<String, QueueError> =
+                    redis::cmd("PING").query_async(&mut conn).await.map_err(Into::into);
+                self.observe(second).map(|_| ())
             }
             other => other.map(|_| ()),
         }
+    }
+
+    /// Passes a result through, replacing the shared connection when the
+    /// error says it went silent (a response timeout). The redis crate
+    /// reconnects by itself only when a connection is closed or fails with
+    /// an I/O error; a peer that vanished without a reset (a failover to
+    /// another address, a partition) leaves it waiting on the dead socket
+    /// forever. Replaced at most once per command timeout.
+    pub(crate) fn observe<T>(&self, result: Result<T, QueueError>) -> Result<T, QueueError> {
+        if let Err(QueueError::Unavailable(err)) = &result
+            && err.is_timeout()
+        {
+            let mut guard = self.inner.conn.lock().unwrap_or_else(PoisonError::into_inner);
+            if guard.1.elapsed() >= self.inner.config.command_timeout
+                && let Ok(fresh) = ConnectionManager::new_lazy_with_config(
+                    self.inner.client.clone(),
+                    self.inner.manager_config.clone(),
+                )
+            {
+                tracing::warn!(error = %err, "redis connection silent; replacing it");
+                *guard = (fresh, Instant::now());
+            }
+        }
+        result
     }
 
     /// The settings.
@@ -88,7 +149,7 @@ impl QueueClient {
 
     /// The shared multiplexed connection (clones share one socket).
     pub(crate) fn conn(&self) -> ConnectionManager {
-        self.inner.conn.clone()
+        self.inner.conn.lock().unwrap_or_else(PoisonError::into_inner).0.clone()
     }
 
     /// The underlying `redis::Client`.

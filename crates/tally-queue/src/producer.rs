@@ -186,7 +186,8 @@ impl Producer {
                 parse_enqueued(&reply)
             }
         });
-        Ok(try_join_all(calls).await?.into_iter().flatten().collect())
+        let results = self.client.observe(try_join_all(calls).await)?;
+        Ok(results.into_iter().flatten().collect())
     }
 }
 

@@ -51,7 +51,8 @@ pub(crate) async fn promote_due(client: &QueueClient, keys: &QueueKeys) -> Resul
     }
     invocation.key(keys.wake()).arg(0).arg(BATCH).arg(WAKE_CAP);
     let mut conn = client.conn();
-    let (moved, next, redis_now): (usize, i64, u64) = invocation.invoke_async(&mut conn).await?;
+    let reply = invocation.invoke_async(&mut conn).await.map_err(QueueError::from);
+    let (moved, next, redis_now): (usize, i64, u64) = client.observe(reply)?;
     Ok(Promoted {
         moved,
         next_due: u64::try_from(next).ok(),
@@ -89,7 +90,8 @@ pub(crate) async fn reap_expired(client: &QueueClient, keys: &QueueKeys) -> Resu
         .arg(config.dead_max_count)
         .arg(millis(config.dead_max_age));
     let mut conn = client.conn();
-    let reply: Vec<Value> = invocation.invoke_async(&mut conn).await?;
+    let reply = invocation.invoke_async(&mut conn).await.map_err(QueueError::from);
+    let reply: Vec<Value> = client.observe(reply)?;
     reply
         .chunks(5)
         .map(|c| match c {

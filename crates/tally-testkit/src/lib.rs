@@ -56,11 +56,13 @@
 mod binaries;
 mod postgres_server;
 mod process;
+mod proxy;
 mod redis_server;
 mod scratch;
 mod shared;
 
 pub use binaries::faketime;
 pub use postgres_server::PostgresServer;
+pub use proxy::SilentProxy;
 pub use redis_server::{RedisOptions, RedisServer};
 pub use shared::{TestDatabase, TestRedis, database, database_from_template, redis};

@@ -675,7 +675,9 @@ fn decide(running: &Running, error: &JobError) -> (i64, String) {
 /// Acknowledges `acks` and claims up to `count` jobs, in one script call.
 async fn claim_jobs(shared: Arc<Shared>, count: usize, start_now: usize, acks: Vec<Finished>) -> ClaimDone {
     let sent = Instant::now();
-    let result = claim_call(&shared, count, start_now, &acks).await;
+    let result = shared
+        .client
+        .observe(claim_call(&shared, count, start_now, &acks).await);
     ClaimDone {
         asked: count,
         sent,
@@ -756,7 +758,7 @@ where
     let mut backoff = RetryBackoff::new(config.retry_backoff_min, config.retry_backoff_max);
     let started = Instant::now();
     loop {
-        match call().await {
+        match shared.client.observe(call().await) {
             Ok(value) => return Some(value),
             Err(err) if err.is_unavailable() && started.elapsed() < give_up_after => {
                 let delay = backoff.next_delay();
@@ -927,9 +929,18 @@ async fn run_waker(shared: Arc<Shared>, mut arm: watch::Receiver<u64>, woken: Ar
         let mut blpop_cmd = redis::cmd("BLPOP");
         blpop_cmd.arg(shared.keys.wake()).arg(config.idle_poll.as_secs_f64());
         let blpop = blpop_cmd.query_async::<Option<(String, String)>>(c);
+        // Redis answers a BLPOP by its own timeout at the latest; no answer a
+        // command timeout after that means the connection went silent (the
+        // peer vanished without a reset): drop it and connect again.
+        let bound = config.idle_poll + config.command_timeout;
         let result = tokio::select! {
             () = stop.cancelled() => return,
-            result = blpop => result,
+            result = tokio::time::timeout(bound, blpop) => result.unwrap_or_else(|_| {
+                Err(redis::RedisError::from((
+                    redis::ErrorKind::Io,
+                    "no answer to BLPOP within its timeout plus the command timeout",
+                )))
+            }),
         };
         if let Err(err) = result {
             conn = None;
@@ -973,7 +984,11 @@ async fn run_heartbeat(shared: Arc<Shared>, leases: LeaseTable, stop: Cancellati
                 invocation.arg(id).arg(*token);
             }
             let mut conn = shared.client.conn();
-            match invocation.invoke_async::<Vec<i64>>(&mut conn).await {
+            let result = invocation
+                .invoke_async::<Vec<i64>>(&mut conn)
+                .await
+                .map_err(QueueError::from);
+            match shared.client.observe(result) {
                 Ok(statuses) => {
                     let table = leases.lock().unwrap_or_else(PoisonError::into_inner);
                     for (key, status) in chunk.iter().zip(statuses) {

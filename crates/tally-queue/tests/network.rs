@@ -1,0 +1,86 @@
+//! A network that goes silent: Redis stops answering without closing
+//! anything (a failover to another address, a partition). The worker must
+//! notice on its own, report not-ready meanwhile, and claim again once Redis
+//! is reachable, however long its connections had been idle.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Echo, QUEUE, eventually, fast_config};
+use tally_queue::{JobContext, Producer, QueueAdmin, QueueClient, QueueConfig, Worker};
+use tally_testkit::SilentProxy;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_worker_behind_a_silent_network_claims_again_once_it_is_back() {
+    let redis = tally_testkit::redis().await;
+    let target = redis
+        .url
+        .trim_start_matches("redis://")
+        .trim_end_matches('/')
+        .to_owned();
+    let proxy = SilentProxy::start(&target).await.expect("proxy");
+    let config = QueueConfig {
+        idle_poll: Duration::from_secs(1),
+        command_timeout: Duration::from_secs(1),
+        ..fast_config(&redis.namespace)
+    };
+    // The worker reaches Redis through the proxy; the producer directly.
+    let behind = QueueClient::connect(&proxy.redis_url(), config.clone())
+        .await
+        .expect("connect through the proxy");
+    let direct = QueueClient::connect(&redis.url, config).await.expect("connect");
+    let (done_tx, mut done) = tokio::sync::mpsc::unbounded_channel();
+    let worker = Worker::builder(behind.clone(), QUEUE)
+        .concurrency(2)
+        .handle(move |job: Echo, _ctx: JobContext| {
+            let done_tx = done_tx.clone();
+            async move {
+                done_tx.send(job.n).expect("send");
+                Ok(())
+            }
+        })
+        .build()
+        .expect("build");
+    let running = common::spawn(worker);
+    let producer = Producer::new(direct.clone());
+    producer.enqueue(&Echo::new(1)).await.expect("enqueue");
+    assert_eq!(
+        tokio::time::timeout(Duration::from_secs(10), done.recv())
+            .await
+            .expect("first job"),
+        Some(1)
+    );
+    // Idle, blocked on the wake list: now the network goes silent.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.go_silent();
+    producer.enqueue(&Echo::new(2)).await.expect("enqueue while silent");
+
+    // Readiness (what /readyz asks) reports the outage instead of "ready".
+    eventually(
+        "ping fails while the network is silent",
+        Duration::from_secs(15),
+        || async { behind.ping().await.is_err() },
+    )
+    .await;
+    assert!(done.try_recv().is_err(), "no job can run while Redis is unreachable");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    proxy.restore();
+    let restored = Instant::now();
+    let got = tokio::time::timeout(Duration::from_secs(30), done.recv()).await;
+    assert_eq!(
+        got.ok().flatten(),
+        Some(2),
+        "the worker never claimed again after the network came back"
+    );
+    eprintln!("claimed again {:?} after the network came back", restored.elapsed());
+    eventually("ready again", Duration::from_secs(10), || async {
+        behind.ping().await.is_ok()
+    })
+    .await;
+    let report = running.stop().await;
+    assert_eq!(report.completed, 2);
+    let stats = QueueAdmin::new(direct).stats(QUEUE).await.expect("stats");
+    assert_eq!((stats.counters.completed, stats.ready, stats.in_flight), (2, 0, 0));
+}
