@@ -434,3 +434,76 @@ async fn s13_event_hooks_and_trace_context() {
     let traces = traces.lock().expect("lock");
     assert!(traces.contains(&(1, Some(trace))));
 }
+
+/// Enqueue is idempotent per id: a caller-chosen id sent twice (a retried
+/// request, another producer) is one job, run once; within one batch too.
+#[tokio::test]
+async fn an_id_enqueued_twice_is_one_job() {
+    let (redis, client) = setup().await;
+    let producer = Producer::new(client.clone());
+    let with_id = |id: &str| EnqueueOptions {
+        id: Some(id.to_owned()),
+        ..EnqueueOptions::default()
+    };
+    let first = producer.enqueue_with(&Echo::new(1), with_id("fixed-1")).await.expect("enqueue");
+    let again = producer.enqueue_with(&Echo::new(2), with_id("fixed-1")).await.expect("enqueue");
+    assert_eq!((first.id.as_str(), first.deduplicated), ("fixed-1", false));
+    assert_eq!((again.id.as_str(), again.deduplicated), ("fixed-1", true));
+    // Scheduled for later, then the same id again now: still one job.
+    let later = EnqueueOptions {
+        delay: Some(Duration::from_secs(60)),
+        ..with_id("fixed-2")
+    };
+    producer.enqueue_with(&Echo::new(3), later).await.expect("enqueue");
+    let dup = producer.enqueue_with(&Echo::new(4), with_id("fixed-2")).await.expect("enqueue");
+    assert!(dup.deduplicated);
+    let admin = QueueAdmin::new(client.clone());
+    let stats = admin.stats(QUEUE).await.expect("stats");
+    assert_eq!((stats.ready, stats.scheduled, stats.counters.enqueued), (1, 1, 2));
+
+    let runs = Arc::new(AtomicUsize::new(0));
+    let counted = runs.clone();
+    let worker = Worker::builder(client.clone(), QUEUE)
+        .handle(move |_job: Echo, _ctx: JobContext| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            async { Ok(()) }
+        })
+        .build()
+        .expect("build");
+    let running = spawn(worker);
+    eventually("the job ran", Duration::from_secs(10), || async {
+        admin.stats(QUEUE).await.expect("stats").counters.completed == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    running.stop().await;
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "the id ran once");
+    let mut conn = redis.connection().await;
+    let ready: Vec<String> = redis::AsyncCommands::lrange(&mut conn, client.keys(QUEUE).ready(Priority::Normal), 0, -1)
+        .await
+        .expect("lrange");
+    assert!(ready.is_empty(), "no second copy of the id waits: {ready:?}");
+}
+
+/// A dedup entry whose job is gone (left by another producer, or by an
+/// older version) is replaced, not followed: the enqueue makes a real job.
+#[tokio::test]
+async fn a_dangling_dedup_entry_does_not_swallow_new_jobs() {
+    let (redis, client) = setup().await;
+    let mut conn = redis.connection().await;
+    let _: () = redis::AsyncCommands::hset(&mut conn, client.keys(QUEUE).dedup(), "refresh:all", "gone-job")
+        .await
+        .expect("hset");
+    let keyed = Echo {
+        key: Some("refresh:all".into()),
+        ..Echo::new(1)
+    };
+    let producer = Producer::new(client.clone());
+    let enqueued = producer.enqueue(&keyed).await.expect("enqueue");
+    assert!(!enqueued.deduplicated, "coalesced into a job that does not exist");
+    assert_ne!(enqueued.id, "gone-job");
+    let again = producer.enqueue(&keyed).await.expect("enqueue");
+    assert_eq!((again.id, again.deduplicated), (enqueued.id, true));
+    let stats = QueueAdmin::new(client).stats(QUEUE).await.expect("stats");
+    assert_eq!(stats.ready, 1);
+}

@@ -554,3 +554,80 @@ async fn s11_redis_restart_mid_run_loses_nothing() {
     assert_eq!(stats.dead, 0);
     assert!(stats.counters.completed >= TOTAL, "{stats:?}");
 }
+
+/// Item 4 of the hardening: a worker that lost a job's lease (Redis away
+/// longer than a lease, simulated by expiring it) and claims the same job
+/// again keeps the two attempts apart: the stale one is cancelled when its
+/// token is refused, and its end does not stop the heartbeats of the new
+/// claim, so the new attempt, longer than a lease, is not reaped again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reclaimed_job_keeps_its_new_lease_when_the_stale_attempt_ends() {
+    let (redis, client) = setup().await;
+    let id = Producer::new(client.clone())
+        .enqueue(&Echo::new(1))
+        .await
+        .expect("enqueue")
+        .id;
+    let (started_tx, mut started) = mpsc::unbounded_channel::<(u32, u64)>();
+    let cancelled = Arc::new(AtomicBool::new(false));
+    let saw_cancel = cancelled.clone();
+    let worker = Worker::builder(client.clone(), QUEUE)
+        .concurrency(2)
+        .handle(move |_job: Echo, ctx: JobContext| {
+            let started_tx = started_tx.clone();
+            let saw_cancel = saw_cancel.clone();
+            async move {
+                started_tx.send((ctx.attempt, ctx.token)).expect("send");
+                if ctx.attempt == 1 {
+                    // The stale attempt: would run 1 s unless cancelled.
+                    tokio::select! {
+                        () = ctx.cancel.cancelled() => saw_cancel.store(true, Ordering::SeqCst),
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                    return Ok(());
+                }
+                // The new claim: four leases long, alive only by heartbeats.
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                Ok(())
+            }
+        })
+        .build()
+        .expect("build");
+    let running = spawn(worker);
+    let first = tokio::time::timeout(Duration::from_secs(10), started.recv())
+        .await
+        .expect("first attempt")
+        .expect("started");
+    assert_eq!(first.0, 1);
+    // The lease lapses while the worker lives: the reaper hands the job out
+    // again, and this same worker (a free slot) claims it.
+    let mut conn = redis.connection().await;
+    let _: () = conn
+        .zadd(client.keys(QUEUE).leases(), &id, 0)
+        .await
+        .expect("expire the lease");
+    let admin = QueueAdmin::new(client.clone());
+    assert_eq!(admin.reap_expired(QUEUE).await.expect("reap"), 1);
+    let second = tokio::time::timeout(Duration::from_secs(10), started.recv())
+        .await
+        .expect("second attempt")
+        .expect("started");
+    assert_eq!(second.0, 2);
+    assert_ne!(second.1, first.1);
+    eventually("the job completed", Duration::from_secs(15), || async {
+        admin.stats(QUEUE).await.expect("stats").counters.completed == 1
+    })
+    .await;
+    let report = running.stop().await;
+    assert!(
+        cancelled.load(Ordering::SeqCst),
+        "the stale attempt was cancelled"
+    );
+    assert!(started.try_recv().is_err(), "no third attempt");
+    let stats = admin.stats(QUEUE).await.expect("stats");
+    assert_eq!(
+        (stats.counters.recovered, stats.counters.completed, stats.dead),
+        (1, 1, 0),
+        "only the simulated loss was recovered: {stats:?} {report:?}"
+    );
+}
