@@ -223,7 +223,9 @@ impl QueueAdmin {
             return Ok(Vec::new());
         }
         let mut conn = self.client.conn();
-        let ids: Vec<String> = conn
+        // Ids are bytes: another producer may have used one that is not
+        // UTF-8, and it must not make the whole page unreadable.
+        let ids: Vec<Vec<u8>> = conn
             .zrevrange(keys.dead(), offset as isize, (offset + limit - 1) as isize)
             .await?;
         self.dead_records(&keys, &ids)
@@ -234,15 +236,19 @@ impl QueueAdmin {
     /// One dead job.
     pub async fn dead_get(&self, queue: &str, id: &str) -> Result<Option<DeadJob>, QueueError> {
         let keys = self.keys(queue)?;
-        Ok(self.dead_records(&keys, &[id.to_owned()]).await?.pop().flatten())
+        Ok(self
+            .dead_records(&keys, &[id.as_bytes().to_vec()])
+            .await?
+            .pop()
+            .flatten())
     }
 
-    async fn dead_records(&self, keys: &QueueKeys, ids: &[String]) -> Result<Vec<Option<DeadJob>>, QueueError> {
+    async fn dead_records(&self, keys: &QueueKeys, ids: &[Vec<u8>]) -> Result<Vec<Option<DeadJob>>, QueueError> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
         let mut conn = self.client.conn();
-        let (infos, envelopes): (Vec<Option<String>>, Vec<Option<Vec<u8>>>) = redis::pipe()
+        let (infos, envelopes): (Vec<Option<Vec<u8>>>, Vec<Option<Vec<u8>>>) = redis::pipe()
             .cmd("HMGET")
             .arg(keys.dead_info())
             .arg(ids)
@@ -255,13 +261,13 @@ impl QueueAdmin {
             .iter()
             .zip(infos.into_iter().zip(envelopes))
             .map(|(id, (info, envelope))| {
-                let info: DeadInfo = serde_json::from_str(info.as_deref()?).ok()?;
+                let info: DeadInfo = serde_json::from_str(&String::from_utf8_lossy(info.as_deref()?)).ok()?;
                 let kind = envelope
                     .as_deref()
                     .and_then(|b| Envelope::decode(b).ok())
                     .map(|e| e.kind);
                 Some(DeadJob {
-                    id: id.clone(),
+                    id: String::from_utf8_lossy(id).into_owned(),
                     kind,
                     error: info.error,
                     attempts: info.attempts,

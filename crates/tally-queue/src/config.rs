@@ -43,6 +43,10 @@ pub struct QueueConfig {
     pub retry_backoff_min: Duration,
     /// Longest delay between a worker's reconnection attempts.
     pub retry_backoff_max: Duration,
+    /// Largest encoded envelope a producer accepts (bytes). Redis stores
+    /// every job in memory and each claim carries it: a job that needs more
+    /// should carry a reference to its data, not the data.
+    pub max_envelope_bytes: usize,
 }
 
 impl Default for QueueConfig {
@@ -62,6 +66,7 @@ impl Default for QueueConfig {
             connect_timeout: Duration::from_secs(1),
             retry_backoff_min: Duration::from_millis(50),
             retry_backoff_max: Duration::from_secs(5),
+            max_envelope_bytes: 1024 * 1024,
         }
     }
 }
@@ -94,6 +99,9 @@ impl QueueConfig {
         }
         if self.reap_interval.is_zero() || self.promote_max_sleep.is_zero() || self.idle_poll.is_zero() {
             return bad("intervals must be positive");
+        }
+        if self.max_envelope_bytes == 0 {
+            return bad("max_envelope_bytes must be at least 1");
         }
         if self.dead_max_count == 0 {
             return bad("dead_max_count must be at least 1");

@@ -158,34 +158,48 @@ impl Producer {
                 bad.id, bad.queue
             )));
         }
+        let limit = self.client.config().max_envelope_bytes;
+        let encoded: Vec<_> = envelopes.iter().map(|(envelope, _)| envelope.encode()).collect();
+        if let Some((bytes, (envelope, _))) = encoded.iter().zip(envelopes).find(|(bytes, _)| bytes.len() > limit) {
+            return Err(QueueError::InvalidArgument(format!(
+                "job {:?} ({}) is {} bytes encoded, above the limit of {limit} bytes \
+                 (QueueConfig::max_envelope_bytes): pass a reference to large data, not the data",
+                envelope.id,
+                envelope.kind,
+                bytes.len()
+            )));
+        }
         let keys = self.client.keys(queue);
-        let calls = envelopes.chunks(BATCH_CHUNK).map(|chunk| {
-            let mut invocation = scripts::ENQUEUE_JOBS.prepare_invoke();
-            invocation
-                .key(keys.jobs())
-                .key(keys.state())
-                .key(keys.scheduled())
-                .key(keys.dedup())
-                .key(keys.stats())
-                .key(keys.wake());
-            for key in keys.ready_all() {
-                invocation.key(key);
-            }
-            invocation.arg(now).arg(keys.due_channel()).arg(WAKE_CAP);
-            for (envelope, due) in chunk {
+        let calls = envelopes
+            .chunks(BATCH_CHUNK)
+            .zip(encoded.chunks(BATCH_CHUNK))
+            .map(|(chunk, bodies)| {
+                let mut invocation = scripts::ENQUEUE_JOBS.prepare_invoke();
                 invocation
-                    .arg(&envelope.id)
-                    .arg(envelope.encode())
-                    .arg(priority_letter(envelope.policy.priority))
-                    .arg(*due)
-                    .arg(envelope.dedup_key.as_deref().unwrap_or(""));
-            }
-            let mut conn = self.client.conn();
-            async move {
-                let reply: Vec<Value> = invocation.invoke_async(&mut conn).await?;
-                parse_enqueued(&reply)
-            }
-        });
+                    .key(keys.jobs())
+                    .key(keys.state())
+                    .key(keys.scheduled())
+                    .key(keys.dedup())
+                    .key(keys.stats())
+                    .key(keys.wake());
+                for key in keys.ready_all() {
+                    invocation.key(key);
+                }
+                invocation.arg(now).arg(keys.due_channel()).arg(WAKE_CAP);
+                for ((envelope, due), body) in chunk.iter().zip(bodies) {
+                    invocation
+                        .arg(&envelope.id)
+                        .arg(body)
+                        .arg(priority_letter(envelope.policy.priority))
+                        .arg(*due)
+                        .arg(envelope.dedup_key.as_deref().unwrap_or(""));
+                }
+                let mut conn = self.client.conn();
+                async move {
+                    let reply: Vec<Value> = invocation.invoke_async(&mut conn).await?;
+                    parse_enqueued(&reply)
+                }
+            });
         let results = self.client.observe(try_join_all(calls).await)?;
         Ok(results.into_iter().flatten().collect())
     }

@@ -96,10 +96,11 @@ pub(crate) async fn reap_expired(client: &QueueClient, keys: &QueueKeys) -> Resu
         .chunks(5)
         .map(|c| match c {
             [id, status, crashes, kind, attempt] => Ok(Reaped {
-                id: redis::from_redis_value_ref(id)?,
+                id: String::from_utf8_lossy(&redis::from_redis_value_ref::<Vec<u8>>(id)?).into_owned(),
                 dead: redis::from_redis_value_ref::<i64>(status)? == 2,
                 crashes: redis::from_redis_value_ref(crashes)?,
-                kind: Some(redis::from_redis_value_ref::<String>(kind)?).filter(|k| !k.is_empty()),
+                kind: Some(String::from_utf8_lossy(&redis::from_redis_value_ref::<Vec<u8>>(kind)?).into_owned())
+                    .filter(|k| !k.is_empty()),
                 attempt: redis::from_redis_value_ref(attempt)?,
             }),
             _ => Err(QueueError::Protocol("reap reply not a multiple of 5".into())),

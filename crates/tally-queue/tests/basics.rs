@@ -445,8 +445,14 @@ async fn an_id_enqueued_twice_is_one_job() {
         id: Some(id.to_owned()),
         ..EnqueueOptions::default()
     };
-    let first = producer.enqueue_with(&Echo::new(1), with_id("fixed-1")).await.expect("enqueue");
-    let again = producer.enqueue_with(&Echo::new(2), with_id("fixed-1")).await.expect("enqueue");
+    let first = producer
+        .enqueue_with(&Echo::new(1), with_id("fixed-1"))
+        .await
+        .expect("enqueue");
+    let again = producer
+        .enqueue_with(&Echo::new(2), with_id("fixed-1"))
+        .await
+        .expect("enqueue");
     assert_eq!((first.id.as_str(), first.deduplicated), ("fixed-1", false));
     assert_eq!((again.id.as_str(), again.deduplicated), ("fixed-1", true));
     // Scheduled for later, then the same id again now: still one job.
@@ -455,7 +461,10 @@ async fn an_id_enqueued_twice_is_one_job() {
         ..with_id("fixed-2")
     };
     producer.enqueue_with(&Echo::new(3), later).await.expect("enqueue");
-    let dup = producer.enqueue_with(&Echo::new(4), with_id("fixed-2")).await.expect("enqueue");
+    let dup = producer
+        .enqueue_with(&Echo::new(4), with_id("fixed-2"))
+        .await
+        .expect("enqueue");
     assert!(dup.deduplicated);
     let admin = QueueAdmin::new(client.clone());
     let stats = admin.stats(QUEUE).await.expect("stats");

@@ -523,3 +523,80 @@ async fn s11_bad_input_goes_dead_with_a_reason_and_the_worker_keeps_going() {
     assert!(other.error.contains("unknown job kind \"other\""), "{}", other.error);
     assert_eq!(other.kind.as_deref(), Some("other"));
 }
+
+/// An id that is not UTF-8 (written by another producer) harms only its own
+/// job: it is claimed in the same batch as good jobs, which all complete,
+/// and it goes dead with a reason; the dead list still reads.
+#[tokio::test]
+async fn an_id_that_is_not_utf8_harms_only_its_own_job() {
+    let (redis, client) = setup().await;
+    let keys = client.keys(QUEUE);
+    let producer = Producer::new(client.clone());
+    let good: Vec<Echo> = (0..5).map(Echo::new).collect();
+    producer.enqueue_batch(&good[..2]).await.expect("enqueue");
+    let bad_id: &[u8] = b"bad-\xff\xfe-id";
+    let mut conn = redis.connection().await;
+    let envelope = r#"{"v":1,"id":"x","kind":"echo","queue":"test","payload":{"n":99},"policy":{"maxAttempts":3,"backoff":{"type":"exponential","baseMs":50,"maxMs":1000},"timeoutMs":5000,"priority":"normal"},"createdAtMs":1}"#;
+    let _: () = conn.hset(keys.jobs(), bad_id, envelope).await.expect("hset");
+    let _: () = conn
+        .rpush(keys.ready(tally_jobs::Priority::Normal), bad_id)
+        .await
+        .expect("rpush");
+    producer.enqueue_batch(&good[2..]).await.expect("enqueue");
+    let recorder = Recorder::new();
+    let worker = Worker::builder(client.clone(), QUEUE)
+        .concurrency(10)
+        .events(Hooks(recorder.clone()))
+        .handle(|_job: Echo, _ctx: JobContext| async { Ok(()) })
+        .build()
+        .expect("build");
+    let running = spawn(worker);
+    eventually("good jobs done, the bad id dead", Duration::from_secs(10), || async {
+        recorder.count("completed") == 5 && recorder.count("dead") == 1
+    })
+    .await;
+    running.stop().await;
+    let admin = QueueAdmin::new(client.clone());
+    let dead = admin.dead_list(QUEUE, 0, 10).await.expect("the dead list reads");
+    assert_eq!(dead.len(), 1);
+    assert!(dead[0].error.contains("not valid UTF-8"), "{}", dead[0].error);
+    let stats = admin.stats(QUEUE).await.expect("stats");
+    assert_eq!(
+        (
+            stats.counters.completed,
+            stats.counters.recovered,
+            stats.ready,
+            stats.in_flight
+        ),
+        (5, 0, 0, 0)
+    );
+}
+
+/// Envelopes above the configured size are refused at enqueue with an error
+/// naming the limit; nothing of the batch is stored.
+#[tokio::test]
+async fn envelopes_above_the_size_limit_are_refused_at_enqueue() {
+    let redis = tally_testkit::redis().await;
+    let config = QueueConfig {
+        max_envelope_bytes: 1024,
+        ..fast_config(&redis.namespace)
+    };
+    let client = QueueClient::connect(&redis.url, config).await.expect("connect");
+    let producer = Producer::new(client.clone());
+    let big = Echo {
+        key: Some("k".repeat(2000)),
+        ..Echo::new(1)
+    };
+    let err = producer
+        .enqueue_batch(&[Echo::new(0), big])
+        .await
+        .expect_err("a 2 KB envelope over a 1 KB limit");
+    let message = err.to_string();
+    assert!(matches!(err, tally_queue::QueueError::InvalidArgument(_)), "{err:?}");
+    assert!(message.contains("above the limit of 1024 bytes"), "{message}");
+    let stats = QueueAdmin::new(client.clone()).stats(QUEUE).await.expect("stats");
+    assert_eq!((stats.ready, stats.counters.enqueued), (0, 0), "nothing stored");
+    // The default limit is 1 MiB.
+    assert_eq!(QueueConfig::default().max_envelope_bytes, 1024 * 1024);
+    producer.enqueue(&Echo::new(2)).await.expect("a small one passes");
+}

@@ -619,10 +619,7 @@ async fn a_reclaimed_job_keeps_its_new_lease_when_the_stale_attempt_ends() {
     })
     .await;
     let report = running.stop().await;
-    assert!(
-        cancelled.load(Ordering::SeqCst),
-        "the stale attempt was cancelled"
-    );
+    assert!(cancelled.load(Ordering::SeqCst), "the stale attempt was cancelled");
     assert!(started.try_recv().is_err(), "no third attempt");
     let stats = admin.stats(QUEUE).await.expect("stats");
     assert_eq!(

@@ -87,6 +87,9 @@ struct Claimed {
     token: u64,
     /// Claimed ahead of a free slot (Redis marked it held, see `claim_jobs.lua`).
     held: bool,
+    /// The id as Redis holds it when it is not UTF-8 (`id` is then a lossy
+    /// copy for logs): such a job can only be buried, by these bytes.
+    bad_id: Option<Vec<u8>>,
 }
 
 /// An attempt in progress.
@@ -400,6 +403,10 @@ impl Driver {
             self.shared.counters.stale.fetch_add(1, Ordering::Relaxed);
             return;
         }
+        if job.bad_id.is_some() {
+            self.bury(&job, None, "job id is not valid UTF-8".into());
+            return;
+        }
         let Some(bytes) = job.envelope.as_deref() else {
             self.bury(
                 &job,
@@ -478,8 +485,15 @@ impl Driver {
             wait: None,
             error: Some(reason.clone()),
         };
-        self.finishers
-            .spawn(report_failure(self.shared.clone(), job.token, -1, reason, event));
+        let id_arg = job.bad_id.clone().unwrap_or_else(|| job.id.clone().into_bytes());
+        self.finishers.spawn(report_failure(
+            self.shared.clone(),
+            id_arg,
+            job.token,
+            -1,
+            reason,
+            event,
+        ));
     }
 
     fn on_attempt_end(&mut self, result: Result<(TaskId, Outcome), JoinError>) {
@@ -542,8 +556,15 @@ impl Driver {
             error: Some(reason.clone()),
         };
         drop(running.cancel);
-        self.finishers
-            .spawn(report_failure(self.shared.clone(), running.token, due, reason, event));
+        let id_arg = event.id.clone().into_bytes();
+        self.finishers.spawn(report_failure(
+            self.shared.clone(),
+            id_arg,
+            running.token,
+            due,
+            reason,
+            event,
+        ));
     }
 
     /// Sends the pending completions as one batch, in the background.
@@ -729,8 +750,18 @@ async fn claim_call(
                 .ok_or_else(|| QueueError::Protocol("claim reply not a multiple of 6".into()))
         };
         let (envelope, attempt, crashes, errors, token) = (field()?, field()?, field()?, field()?, field()?);
+        // Ids are bytes to Redis: one that is not UTF-8 (from another
+        // producer) must harm only its own job, not the whole reply.
+        let (id, bad_id) = match String::from_utf8(redis::from_redis_value::<Vec<u8>>(id)?) {
+            Ok(id) => (id, None),
+            Err(err) => (
+                String::from_utf8_lossy(err.as_bytes()).into_owned(),
+                Some(err.into_bytes()),
+            ),
+        };
         jobs.push(Claimed {
-            id: redis::from_redis_value(id)?,
+            id,
+            bad_id,
             envelope: redis::from_redis_value(envelope)?,
             attempt: redis::from_redis_value(attempt)?,
             crashes: redis::from_redis_value(crashes)?,
@@ -823,7 +854,7 @@ fn report_acks(shared: &Shared, batch: Vec<Finished>, statuses: Vec<i64>) {
 }
 
 /// Records a failed attempt: retry at `due` (ms), or dead when `due` < 0.
-async fn report_failure(shared: Arc<Shared>, token: u64, due: i64, reason: String, event: JobEvent) {
+async fn report_failure(shared: Arc<Shared>, id: Vec<u8>, token: u64, due: i64, reason: String, event: JobEvent) {
     let keys = &shared.keys;
     let config = shared.client.config();
     let status = with_retries(&shared, "failure report", ack_patience(&shared), || {
@@ -837,7 +868,7 @@ async fn report_failure(shared: Arc<Shared>, token: u64, due: i64, reason: Strin
             .key(keys.dead_envelopes())
             .key(keys.dead_info())
             .key(keys.stats())
-            .arg(&event.id)
+            .arg(&id)
             .arg(token)
             .arg(now_ms())
             .arg(due)
