@@ -140,10 +140,42 @@ impl StoreError {
         }
     }
 
+    /// Whether a concurrent transaction got in the way of this one: a
+    /// deadlock (`40P01`), a serialization failure (`40001`) or a unique
+    /// violation (`23505`). tally's writers insert a key only after checking
+    /// it is absent (under locks that make the check reliable at READ
+    /// COMMITTED, see [`crate::tx`]), so a duplicate key means another writer
+    /// inserted the same row between the check and the insert; running the
+    /// whole transaction again sees that row and updates it instead. The
+    /// store repeats such calls a few times itself ([`crate::Store`]), and
+    /// they count as transient.
+    pub fn is_race(&self) -> bool {
+        self.sqlstate()
+            .is_some_and(|code| matches!(code, "40P01" | "40001" | "23505"))
+    }
+
+    /// Whether a statement was stopped because it ran out of time: a
+    /// `statement_timeout` or cancel request (`57014`) or a `lock_timeout`
+    /// (`55P03`). A bounded transaction (see [`crate::tx::Budget`]) ends
+    /// this way when the job attempt's deadline comes; nothing was written.
+    pub fn is_timeout(&self) -> bool {
+        self.sqlstate().is_some_and(|code| matches!(code, "57014" | "55P03"))
+    }
+
+    /// The SQLSTATE of a failed statement, if this is one.
+    pub fn sqlstate(&self) -> Option<&str> {
+        match self {
+            Self::Postgres(error) => error.code().map(tokio_postgres::error::SqlState::code),
+            _ => None,
+        }
+    }
+
     /// Whether the same call may succeed later without anyone changing it:
-    /// connection problems, deadlocks and serialization failures, a match not
-    /// finished or not scored yet. Everything else (missing rows, conflicting
-    /// results, constraint violations) will fail again: give up.
+    /// connection problems, races with concurrent writers ([`Self::is_race`]:
+    /// deadlocks, serialization failures, unique violations), statements cut
+    /// off by a timeout ([`Self::is_timeout`]), a match not finished or not
+    /// scored yet. Everything else (missing rows, conflicting results, other
+    /// constraint violations) will fail again: give up.
     pub fn is_transient(&self) -> bool {
         match self {
             Self::Pool(_) | Self::MatchNotScored { .. } => true,
@@ -157,11 +189,13 @@ impl StoreError {
                     let code = code.code();
                     // 40: transaction rollback (deadlock, serialization);
                     // 08: connection exception; 57P0x: server shutting down;
-                    // 53: insufficient resources.
+                    // 53: insufficient resources; races and timeouts above.
                     code.starts_with("40")
                         || code.starts_with("08")
                         || code.starts_with("57P0")
                         || code.starts_with("53")
+                        || self.is_race()
+                        || self.is_timeout()
                 }
             },
             _ => false,

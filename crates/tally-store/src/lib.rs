@@ -12,6 +12,8 @@
 //! - [`scoring`]: results, status changes, scoring rules.
 //! - [`points`]: per-user totals, incrementally.
 //! - [`views`]: refresh and reads of leaderboards and standings.
+//! - [`tx`]: how transactions start: explicit isolation, deadline-bounded
+//!   statement and lock timeouts ([`tx::Budget`]).
 //! - [`model`]: the plain types they exchange.
 //! - [`seed`]: demo and benchmark data, loaded with COPY.
 //! - [`mod@bench`]: result-to-leaderboard pipeline benchmark.
@@ -29,6 +31,7 @@ pub mod points;
 pub mod scoring;
 pub mod seed;
 pub mod store;
+pub mod tx;
 pub mod views;
 
 /// Run at the start of the write transactions that join a list of keys
@@ -46,3 +49,4 @@ pub use model::{
 };
 pub use scoring::ScoringRules;
 pub use store::Store;
+pub use tx::Budget;

@@ -9,10 +9,11 @@
 //! than silently ignored.
 
 use serde::Serialize;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::{Client, IsolationLevel, NoTls};
 
 use crate::error::StoreError;
 use crate::locks;
+use crate::tx::{self, Budget};
 
 /// A migration known to this build.
 #[derive(Debug, Clone, Copy)]
@@ -66,7 +67,11 @@ impl Migration {
 
 /// Applies the pending migrations and returns them (empty when up to date).
 pub async fn migrate(client: &mut Client) -> Result<Vec<AppliedMigration>, StoreError> {
-    let tx = client.transaction().await?;
+    // READ COMMITTED: after waiting for the advisory lock, the read of
+    // schema_migrations must see what the previous holder committed; a
+    // REPEATABLE READ snapshot would date from before the wait and apply
+    // the same migrations again.
+    let tx = tx::begin(client, IsolationLevel::ReadCommitted, Budget::UNBOUNDED).await?;
     // Lock before anything else, even before creating the bookkeeping table:
     // two concurrent CREATE TABLE IF NOT EXISTS can still collide.
     tx.execute(

@@ -15,10 +15,11 @@
 //! inserting predictions) in id order, and only then reads. Runs sharing users
 //! queue one behind the other; the deterministic order rules out deadlocks.
 
-use tokio_postgres::Client;
+use tokio_postgres::{Client, IsolationLevel};
 
 use crate::error::StoreError;
 use crate::model::{MatchStatus, PointsOutcome};
+use crate::tx::{self, Budget};
 
 const CALCULATE_POINTS_SQL: &str = include_str!("../sql/calculate_points.sql");
 const REBUILD_TOTALS_SQL: &str = include_str!("../sql/rebuild_totals.sql");
@@ -29,8 +30,16 @@ const REBUILD_TOTALS_SQL: &str = include_str!("../sql/rebuild_totals.sql");
 /// cancelled with every prediction voided; otherwise
 /// [`StoreError::MatchNotFinished`] (scheduled / live) or
 /// [`StoreError::MatchNotScored`] (scoring has not run yet), both transient.
-pub async fn calculate_points(client: &mut Client, match_id: i64) -> Result<PointsOutcome, StoreError> {
-    let tx = client.transaction().await?;
+/// `budget` bounds the transaction (see [`crate::tx`]).
+pub async fn calculate_points(client: &mut Client, match_id: i64, budget: Budget) -> Result<PointsOutcome, StoreError> {
+    // READ COMMITTED, and nothing else: "lock the users, then read" works
+    // only because each statement takes a new snapshot, so the totals
+    // statement (after the lock statement) sees what the previous holder of
+    // those locks committed. Under REPEATABLE READ the snapshot would date
+    // from the first statement, before the wait: totals would miss the other
+    // run's points and its freshly inserted user_totals rows, and the insert
+    // would fail with a unique violation (or worse, overwrite newer totals).
+    let tx = tx::begin(client, IsolationLevel::ReadCommitted, budget).await?;
     tx.batch_execute(crate::CACHED_WORKING_SET).await?;
     let row = tx
         .query_opt(
@@ -94,8 +103,11 @@ pub async fn calculate_points(client: &mut Client, match_id: i64) -> Result<Poin
 /// Recomputes every user's totals from all predictions and lists the rows
 /// that changed for the next refresh. For repairs and after bulk loads; on
 /// consistent data it writes nothing. Returns the number of changed rows.
-pub async fn rebuild_totals(client: &mut Client) -> Result<i64, StoreError> {
-    let tx = client.transaction().await?;
+/// `budget` bounds the transaction (see [`crate::tx`]).
+pub async fn rebuild_totals(client: &mut Client, budget: Budget) -> Result<i64, StoreError> {
+    // READ COMMITTED, for the reason given in calculate_points: the rebuild
+    // must read after the user locks are granted.
+    let tx = tx::begin(client, IsolationLevel::ReadCommitted, budget).await?;
     // Same lock order as calculate_points (all users, by id).
     tx.query_one(
         "SELECT count(*) FROM (SELECT id FROM users ORDER BY id FOR NO KEY UPDATE) AS locked",

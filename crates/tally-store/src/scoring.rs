@@ -13,10 +13,11 @@
 //! postponed match is rescheduled its predictions become pending again.
 
 use serde::Serialize;
-use tokio_postgres::Client;
+use tokio_postgres::{Client, IsolationLevel};
 
 use crate::error::StoreError;
 use crate::model::{MatchStatus, RecordOutcome, ScoreOutcome};
+use crate::tx::{self, Budget};
 
 /// Highest number of goals accepted for one side, in results and predictions.
 pub const MAX_SCORE: i32 = 99;
@@ -87,15 +88,21 @@ fn validate_score(home: i32, away: i32) -> Result<(), StoreError> {
 /// a different score for a finished match is [`StoreError::ResultConflict`]
 /// (results are final here; a correction would be its own, audited,
 /// operation). Scheduled, live and postponed matches can finish; a cancelled
-/// one cannot ([`StoreError::InvalidTransition`]).
+/// one cannot ([`StoreError::InvalidTransition`]). `budget` bounds the
+/// transaction (see [`crate::tx`]).
 pub async fn record_result(
     client: &mut Client,
     match_id: i64,
     home: i32,
     away: i32,
+    budget: Budget,
 ) -> Result<RecordOutcome, StoreError> {
     validate_score(home, away)?;
-    let tx = client.transaction().await?;
+    // READ COMMITTED: the decision is made on the row as locked by FOR
+    // UPDATE, which at this level is the latest committed version (a
+    // concurrent writer is waited for, then re-read). Under REPEATABLE READ
+    // or SERIALIZABLE the same race fails with a serialization error instead.
+    let tx = tx::begin(client, IsolationLevel::ReadCommitted, budget).await?;
     let row = tx
         .query_opt(
             "SELECT status, home_score, away_score, competition_id
@@ -166,12 +173,16 @@ pub fn transition_allowed(from: MatchStatus, to: MatchStatus) -> bool {
 /// voided predictions pending again, in the same transaction. Entering
 /// `postponed` or `cancelled` does not void anything by itself: enqueue
 /// `ScoreMatch`, whose [`score_match`] voids and lets points follow.
+/// `budget` bounds the transaction (see [`crate::tx`]).
 pub async fn set_match_status(
     client: &mut Client,
     match_id: i64,
     to: MatchStatus,
+    budget: Budget,
 ) -> Result<RecordOutcome, StoreError> {
-    let tx = client.transaction().await?;
+    // READ COMMITTED, as in record_result: the transition is checked against
+    // the row as locked by FOR UPDATE, the latest committed version.
+    let tx = tx::begin(client, IsolationLevel::ReadCommitted, budget).await?;
     let row = tx
         .query_opt(
             "SELECT status, competition_id FROM matches WHERE id = $1 FOR UPDATE",
@@ -220,8 +231,15 @@ pub async fn set_match_status(
 /// later). Idempotent: only rows whose scoring differs are written, so a
 /// repeat, or two runs at once, leave identical rows. The match row is
 /// share-locked meanwhile, so its result cannot change under the scoring.
-pub async fn score_match(client: &mut Client, match_id: i64) -> Result<ScoreOutcome, StoreError> {
-    let tx = client.transaction().await?;
+/// `budget` bounds the transaction (see [`crate::tx`]).
+pub async fn score_match(client: &mut Client, match_id: i64, budget: Budget) -> Result<ScoreOutcome, StoreError> {
+    // READ COMMITTED: two runs at once are harmless only because the UPDATE
+    // re-checks each row after waiting for a concurrent run's row lock and
+    // skips it when already scored; at this level PostgreSQL re-evaluates
+    // the row's latest version, where REPEATABLE READ would abort the second
+    // run with a serialization failure. The final counts must also see the
+    // other run's committed rows.
+    let tx = tx::begin(client, IsolationLevel::ReadCommitted, budget).await?;
     let row = tx
         .query_opt(
             "SELECT m.status, m.home_score, m.away_score, m.competition_id,

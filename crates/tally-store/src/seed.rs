@@ -26,11 +26,12 @@ use bytes::BytesMut;
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use futures::SinkExt;
 use serde::Serialize;
-use tokio_postgres::{Client, Transaction};
+use tokio_postgres::{Client, IsolationLevel, Transaction};
 
 use crate::error::StoreError;
 use crate::model::Scope;
 use crate::scoring::{ScoringRules, verdict};
+use crate::tx::{self, Budget};
 use crate::views;
 
 const REBUILD_TOTALS_SQL: &str = include_str!("../sql/rebuild_totals.sql");
@@ -405,7 +406,10 @@ pub async fn seed(
         )));
     }
 
-    let tx = client.transaction().await?;
+    // READ COMMITTED, stated so that a database default of SERIALIZABLE
+    // cannot turn a long bulk load into a serialization failure; nothing
+    // here relies on a snapshot spanning statements.
+    let tx = tx::begin(client, IsolationLevel::ReadCommitted, Budget::UNBOUNDED).await?;
     let existing: bool = tx
         .query_one(
             "SELECT EXISTS (SELECT 1 FROM users) OR EXISTS (SELECT 1 FROM matches)",

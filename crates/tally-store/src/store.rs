@@ -4,11 +4,26 @@
 //! runs its own transaction; the free functions in the other modules do the
 //! work on a plain `tokio_postgres::Client` for callers that bring their own.
 //! Reads use statements prepared once per pooled connection.
+//!
+//! A job handler bounds the work with its attempt's deadline,
+//! `store.with_deadline(ctx.deadline)`: every transaction then runs with
+//! `statement_timeout` / `lock_timeout` from the time left (see
+//! [`crate::tx`]), and the wait for a pooled connection is capped too.
+//!
+//! A connection is lent to an operation through [`Lent`]. When the
+//! operation's future is dropped before it finishes (an attempt timed out, a
+//! caller's `tokio::time::timeout` fired), a statement may still be running
+//! on the server, holding locks, and the connection is still busy with it.
+//! Such a connection never goes back to the pool: the guard detaches it,
+//! sends PostgreSQL a cancel request for the running statement, then closes
+//! it. A connection whose operation finished (with or without an error) goes
+//! back as usual; a failed transaction has already been rolled back.
 
 use std::str::FromStr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime, Timeouts};
+use futures::future::BoxFuture;
 use tokio_postgres::NoTls;
 
 use crate::error::StoreError;
@@ -17,19 +32,27 @@ use crate::model::{
     LeaderboardRow, MatchStatus, PointsOutcome, RecordOutcome, RefreshOutcome, Scope, ScoreOutcome, StandingRow,
 };
 use crate::seed::{SeedOptions, SeedProgress, SeedSummary};
+use crate::tx::{Budget, MIN_TIMEOUT};
 use crate::{points, scoring, seed, views};
 
 /// How long an operation waits for a free pooled connection before failing
-/// with a (transient) pool error.
+/// with a (transient) pool error; less when its budget has less left.
 const POOL_WAIT: Duration = Duration::from_secs(30);
 /// How long opening a new connection may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How many times an operation runs when concurrent writers keep getting in
+/// its way ([`StoreError::is_race`]); after that the error goes to the
+/// caller, which sees it as transient.
+pub const RACE_ATTEMPTS: u32 = 3;
 
 /// The Postgres side of tally, behind a connection pool. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
     /// Connections, opened lazily, at most `pool_size`.
     pool: Pool,
+    /// Bounds every operation of this handle (unbounded unless
+    /// [`Store::with_deadline`] or [`Store::with_budget`] set one).
+    budget: Budget,
 }
 
 impl std::fmt::Debug for Store {
@@ -37,7 +60,55 @@ impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store")
             .field("pool_size", &self.pool.status().max_size)
+            .field("budget", &self.budget)
             .finish_non_exhaustive()
+    }
+}
+
+/// A pooled connection lent to one operation (see the module docs). Call
+/// [`Lent::finish`] when the operation has returned; dropped unfinished, it
+/// cancels whatever runs on the connection and keeps it out of the pool.
+struct Lent {
+    object: Option<Object>,
+}
+
+impl Lent {
+    fn client(&mut self) -> &mut deadpool_postgres::ClientWrapper {
+        self.object
+            .as_mut()
+            .expect("a Lent holds its connection until finished or dropped")
+    }
+
+    /// The operation returned: the connection is idle and goes back to the pool.
+    fn finish(mut self) {
+        drop(self.object.take());
+    }
+}
+
+impl Drop for Lent {
+    fn drop(&mut self) {
+        let Some(object) = self.object.take() else { return };
+        // Detached: the pool forgets it and opens a fresh one when needed.
+        let client = Object::take(object);
+        let token = client.cancel_token();
+        tracing::warn!("database operation abandoned mid-flight; cancelling its statement and closing its connection");
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    // Cancel first, then close: closing alone would not stop
+                    // a statement (the server notices a closed socket only
+                    // when it next talks to the client). The cancel request
+                    // goes over a new connection without TLS, as the pool's.
+                    if let Err(error) = token.cancel_query(NoTls).await {
+                        tracing::warn!(%error, "cancel request for an abandoned statement failed");
+                    }
+                    drop(client);
+                });
+            }
+            // No runtime left (process exiting): closing is all we can do;
+            // the statement's own timeout, if any, ends it.
+            Err(_) => drop(client),
+        }
     }
 }
 
@@ -65,7 +136,7 @@ impl Store {
             .create_timeout(Some(CONNECT_TIMEOUT))
             .build()
             .map_err(|e| StoreError::Config(e.to_string()))?;
-        Ok(Self { pool })
+        Ok(Self::from_pool(pool))
     }
 
     /// Builds the pool and checks that one connection works.
@@ -77,7 +148,75 @@ impl Store {
 
     /// Wraps an existing pool.
     pub fn from_pool(pool: Pool) -> Self {
-        Self { pool }
+        Self {
+            pool,
+            budget: Budget::UNBOUNDED,
+        }
+    }
+
+    /// The same pool, with every operation bounded by `deadline` (a job
+    /// attempt's): statement and lock timeouts from the time left, at least
+    /// [`MIN_TIMEOUT`], and the wait for a connection capped. See [`crate::tx`].
+    #[must_use]
+    pub fn with_deadline(&self, deadline: Instant) -> Self {
+        self.with_budget(Budget::until(deadline))
+    }
+
+    /// The same pool, with every operation bounded by `budget`.
+    #[must_use]
+    pub fn with_budget(&self, budget: Budget) -> Self {
+        Self {
+            pool: self.pool.clone(),
+            budget,
+        }
+    }
+
+    /// What bounds this handle's operations.
+    pub fn budget(&self) -> Budget {
+        self.budget
+    }
+
+    /// Lends a connection, waiting at most [`POOL_WAIT`] (or the time left
+    /// in the budget, at least [`MIN_TIMEOUT`]) for a free one.
+    async fn lend(&self) -> Result<Lent, StoreError> {
+        let wait = self
+            .budget
+            .remaining()
+            .map_or(POOL_WAIT, |left| left.clamp(MIN_TIMEOUT, POOL_WAIT));
+        let timeouts = Timeouts {
+            wait: Some(wait),
+            ..self.pool.timeouts()
+        };
+        let object = self.pool.timeout_get(&timeouts).await?;
+        Ok(Lent { object: Some(object) })
+    }
+
+    /// Runs `operation` (one idempotent transaction) on a lent connection,
+    /// again when a concurrent writer got in its way ([`StoreError::is_race`]),
+    /// at most [`RACE_ATTEMPTS`] times and while the budget lasts. Between
+    /// runs it waits a little, so the writer it collided with can commit.
+    async fn retrying_races<T>(
+        &self,
+        what: &'static str,
+        mut operation: impl for<'c> FnMut(&'c mut tokio_postgres::Client) -> BoxFuture<'c, Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let mut lent = self.lend().await?;
+        let mut attempt = 1;
+        let result = loop {
+            let error = match operation(lent.client()).await {
+                Err(error) if error.is_race() && attempt < RACE_ATTEMPTS => error,
+                other => break other,
+            };
+            let pause = Duration::from_millis(rand::random_range(10..=50) * u64::from(attempt));
+            if self.budget.remaining().is_some_and(|left| left < pause + MIN_TIMEOUT) {
+                break Err(error);
+            }
+            tracing::warn!(%error, attempt, operation = what, "concurrent writer got in the way; running again");
+            tokio::time::sleep(pause).await;
+            attempt += 1;
+        };
+        lent.finish();
+        result
     }
 
     /// The underlying pool, for callers with their own queries.
@@ -87,29 +226,39 @@ impl Store {
 
     /// Readiness probe: a connection can be taken and answers `SELECT 1`.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        let client = self.pool.get().await?;
-        client.simple_query("SELECT 1").await?;
+        let mut lent = self.lend().await?;
+        let result = lent.client().simple_query("SELECT 1").await;
+        lent.finish();
+        result?;
         Ok(())
     }
 
     /// Applies pending migrations (see [`migrate::migrate`]).
     pub async fn migrate(&self) -> Result<Vec<AppliedMigration>, StoreError> {
-        let mut client = self.pool.get().await?;
-        migrate::migrate(&mut client).await
+        let mut lent = self.lend().await?;
+        let result = migrate::migrate(lent.client()).await;
+        lent.finish();
+        result
     }
 
     /// Records a final score (see [`scoring::record_result`]).
     #[tracing::instrument(name = "db record_result", skip(self), fields(db.system = "postgresql", otel.kind = "client"))]
     pub async fn record_result(&self, match_id: i64, home: i32, away: i32) -> Result<RecordOutcome, StoreError> {
-        let mut client = self.pool.get().await?;
-        scoring::record_result(&mut client, match_id, home, away).await
+        let budget = self.budget;
+        self.retrying_races("record_result", |client| {
+            Box::pin(scoring::record_result(client, match_id, home, away, budget))
+        })
+        .await
     }
 
     /// Changes a match's status (see [`scoring::set_match_status`]).
     #[tracing::instrument(name = "db set_match_status", skip(self), fields(db.system = "postgresql", otel.kind = "client"))]
     pub async fn set_match_status(&self, match_id: i64, status: MatchStatus) -> Result<RecordOutcome, StoreError> {
-        let mut client = self.pool.get().await?;
-        scoring::set_match_status(&mut client, match_id, status).await
+        let budget = self.budget;
+        self.retrying_races("set_match_status", |client| {
+            Box::pin(scoring::set_match_status(client, match_id, status, budget))
+        })
+        .await
     }
 
     /// Marks a match postponed; then run [`Store::score_match`] to void.
@@ -125,29 +274,41 @@ impl Store {
     /// Scores or voids a match's predictions (see [`scoring::score_match`]).
     #[tracing::instrument(name = "db score_match", skip(self), fields(db.system = "postgresql", otel.kind = "client"))]
     pub async fn score_match(&self, match_id: i64) -> Result<ScoreOutcome, StoreError> {
-        let mut client = self.pool.get().await?;
-        scoring::score_match(&mut client, match_id).await
+        let budget = self.budget;
+        self.retrying_races("score_match", |client| {
+            Box::pin(scoring::score_match(client, match_id, budget))
+        })
+        .await
     }
 
     /// Recomputes the affected users' totals (see [`points::calculate_points`]).
     #[tracing::instrument(name = "db calculate_points", skip(self), fields(db.system = "postgresql", otel.kind = "client"))]
     pub async fn calculate_points(&self, match_id: i64) -> Result<PointsOutcome, StoreError> {
-        let mut client = self.pool.get().await?;
-        points::calculate_points(&mut client, match_id).await
+        let budget = self.budget;
+        self.retrying_races("calculate_points", |client| {
+            Box::pin(points::calculate_points(client, match_id, budget))
+        })
+        .await
     }
 
     /// Recomputes all totals (see [`points::rebuild_totals`]).
     #[tracing::instrument(name = "db rebuild_totals", skip(self), fields(db.system = "postgresql", otel.kind = "client"))]
     pub async fn rebuild_totals(&self) -> Result<i64, StoreError> {
-        let mut client = self.pool.get().await?;
-        points::rebuild_totals(&mut client).await
+        let budget = self.budget;
+        self.retrying_races("rebuild_totals", |client| {
+            Box::pin(points::rebuild_totals(client, budget))
+        })
+        .await
     }
 
     /// Publishes what changed (see [`views::refresh_views`]).
     #[tracing::instrument(name = "db refresh_views", skip(self), fields(db.system = "postgresql", otel.kind = "client"))]
     pub async fn refresh_views(&self, scope: Scope) -> Result<RefreshOutcome, StoreError> {
-        let mut client = self.pool.get().await?;
-        views::refresh_views(&mut client, scope).await
+        let budget = self.budget;
+        self.retrying_races("refresh_views", |client| {
+            Box::pin(views::refresh_views(client, scope, budget))
+        })
+        .await
     }
 
     /// Fills an empty database with generated data (see [`seed::seed`]).
@@ -156,8 +317,10 @@ impl Store {
         options: &SeedOptions,
         progress: &(dyn Fn(SeedProgress) + Send + Sync),
     ) -> Result<SeedSummary, StoreError> {
-        let mut client = self.pool.get().await?;
-        seed::seed(&mut client, options, progress).await
+        let mut lent = self.lend().await?;
+        let result = seed::seed(lent.client(), options, progress).await;
+        lent.finish();
+        result
     }
 
     /// One page of the overall (`None`) or a competition's leaderboard
@@ -170,26 +333,60 @@ impl Store {
         offset: i64,
     ) -> Result<Vec<LeaderboardRow>, StoreError> {
         let board = views::board_for(competition)?;
-        let client = self.pool.get().await?;
-        let statement = client.prepare_cached(views::LEADERBOARD_SQL).await?;
-        let rows = client.query(&statement, &[&board, &top.max(0), &offset.max(0)]).await?;
-        if rows.is_empty()
-            && let Some(id) = competition
-        {
-            views::ensure_competition(&**client, id).await?;
+        let mut lent = self.lend().await?;
+        let client = lent.client();
+        let result = async {
+            let statement = client.prepare_cached(views::LEADERBOARD_SQL).await?;
+            let rows = client.query(&statement, &[&board, &top.max(0), &offset.max(0)]).await?;
+            if rows.is_empty()
+                && let Some(id) = competition
+            {
+                views::ensure_competition(&**client, id).await?;
+            }
+            Ok(rows.iter().map(views::leaderboard_row).collect())
         }
-        Ok(rows.iter().map(views::leaderboard_row).collect())
+        .await;
+        lent.finish();
+        result
     }
 
     /// A competition's league table (see [`views::standings`]).
     #[tracing::instrument(name = "db standings", skip(self), fields(db.system = "postgresql", otel.kind = "client"))]
     pub async fn standings(&self, competition_id: i64) -> Result<Vec<StandingRow>, StoreError> {
-        let client = self.pool.get().await?;
-        let statement = client.prepare_cached(views::STANDINGS_SQL).await?;
-        let rows = client.query(&statement, &[&competition_id]).await?;
-        if rows.is_empty() {
-            views::ensure_competition(&**client, competition_id).await?;
+        let mut lent = self.lend().await?;
+        let client = lent.client();
+        let result = async {
+            let statement = client.prepare_cached(views::STANDINGS_SQL).await?;
+            let rows = client.query(&statement, &[&competition_id]).await?;
+            if rows.is_empty() {
+                views::ensure_competition(&**client, competition_id).await?;
+            }
+            Ok(rows.iter().map(views::standing_row).collect())
         }
-        Ok(rows.iter().map(views::standing_row).collect())
+        .await;
+        lent.finish();
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn send<T: Send>(_: &T) {}
+
+    #[test]
+    fn operation_futures_can_be_spawned() {
+        // Job handlers run on a multi-threaded runtime: their futures, which
+        // hold these, must be Send.
+        let store = Store::connect_lazy("postgres://tally@127.0.0.1:1/tally", 1)
+            .expect("lazy pool")
+            .with_deadline(Instant::now());
+        send(&store.score_match(1));
+        send(&store.calculate_points(1));
+        send(&store.refresh_views(Scope::All));
+        send(&store.record_result(1, 1, 0));
+        send(&store.leaderboard(None, 10, 0));
+        send(&store.ping());
     }
 }

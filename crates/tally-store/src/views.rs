@@ -26,11 +26,12 @@
 //! histogram; they are short, so the queue's deduplication keeps them rare
 //! and the wait small.
 
-use tokio_postgres::{GenericClient, Row, Transaction};
+use tokio_postgres::{GenericClient, IsolationLevel, Row, Transaction};
 
 use crate::error::StoreError;
 use crate::locks;
 use crate::model::{LeaderboardRow, RefreshOutcome, Scope, StandingRow};
+use crate::tx::{self, Budget};
 
 const REFRESH_LEADERBOARD_APPLY_SQL: &str = include_str!("../sql/refresh_leaderboard_apply.sql");
 const REFRESH_LEADERBOARD_RANKS_SQL: &str = include_str!("../sql/refresh_leaderboard_ranks.sql");
@@ -47,6 +48,11 @@ pub const OVERALL_BOARD: i64 = 0;
 /// Refreshes the published views inside a transaction the caller owns and
 /// commits. [`refresh_views`] is the usual entry point; this one exists so a
 /// caller (or a test) can hold a refresh open and watch readers carry on.
+///
+/// The transaction must be READ COMMITTED (start it with [`tx::begin`]):
+/// the refresh takes an advisory lock and then relies on its later
+/// statements seeing what the previous refresh committed, which only a
+/// per-statement snapshot gives.
 pub async fn refresh_views_in(tx: &Transaction<'_>, scope: Scope) -> Result<RefreshOutcome, StoreError> {
     let mut outcome = RefreshOutcome::default();
     tx.batch_execute(crate::CACHED_WORKING_SET).await?;
@@ -60,9 +66,20 @@ pub async fn refresh_views_in(tx: &Transaction<'_>, scope: Scope) -> Result<Refr
 }
 
 /// Refreshes the published leaderboards and/or standings and commits
-/// (the `RefreshViews` job).
-pub async fn refresh_views(client: &mut tokio_postgres::Client, scope: Scope) -> Result<RefreshOutcome, StoreError> {
-    let tx = client.transaction().await?;
+/// (the `RefreshViews` job). `budget` bounds the transaction (see
+/// [`crate::tx`]).
+pub async fn refresh_views(
+    client: &mut tokio_postgres::Client,
+    scope: Scope,
+    budget: Budget,
+) -> Result<RefreshOutcome, StoreError> {
+    // READ COMMITTED, and nothing else: refreshes serialise on an advisory
+    // lock, then claim and apply in later statements. Each statement's new
+    // snapshot sees the previous refresh's committed entries and histogram
+    // (a REPEATABLE READ snapshot, taken before the lock wait, would not:
+    // the histogram would be moved twice and entries inserted twice) and the
+    // totals committed by calculate_points before the claim.
+    let tx = tx::begin(client, IsolationLevel::ReadCommitted, budget).await?;
     let outcome = refresh_views_in(&tx, scope).await?;
     tx.commit().await?;
     Ok(outcome)

@@ -3,13 +3,17 @@
 //! One test binary (so one throwaway server from tally-testkit for all of
 //! them); each test gets its own database cloned from a migrated template.
 //! Modules follow the checklist: scoring rules, constraints,
-//! migrations, idempotency and concurrency, readers during refreshes, and a
-//! property test against a brute-force recomputation.
+//! migrations, idempotency and concurrency, readers during refreshes, a
+//! property test against a brute-force recomputation, and the bounds of a
+//! job attempt's database work (timeouts, cancellation, isolation, races).
 
+mod attempts;
 mod common;
 mod concurrency;
 mod constraints;
+mod isolation;
 mod migrations;
 mod property;
+mod races;
 mod readers;
 mod scoring;

@@ -7,9 +7,10 @@
 //! check can fail.
 
 use tally_store::seed::SeedOptions;
+use tally_store::tx::{self, Budget};
 use tally_store::{Scope, views};
-use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
+use tokio_postgres::{Client, IsolationLevel};
 
 use crate::common::seeded;
 
@@ -51,7 +52,9 @@ async fn a_reader_is_not_blocked_by_an_open_refresh_and_sees_the_last_commit() {
     let before_table = views::standings(&reader, competition).await.expect("read");
 
     // A refresh, done but not committed.
-    let tx = writer.transaction().await.expect("begin");
+    let tx = tx::begin(&mut writer, IsolationLevel::ReadCommitted, Budget::UNBOUNDED)
+        .await
+        .expect("begin");
     let outcome = views::refresh_views_in(&tx, Scope::All).await.expect("refresh");
     assert!(outcome.leaderboard_upserted > 0, "the refresh has work: {outcome:?}");
     assert_eq!(outcome.standings_refreshed, vec![competition]);
@@ -93,7 +96,9 @@ async fn uncommitted_points_never_reach_the_leaderboard() {
 
     // Points computed inside a transaction that is then rolled back: a
     // concurrent refresh publishes nothing of it.
-    let tx = writer.transaction().await.expect("begin");
+    let tx = tx::begin(&mut writer, IsolationLevel::ReadCommitted, Budget::UNBOUNDED)
+        .await
+        .expect("begin");
     tx.execute("UPDATE user_totals SET points = points + 1000 WHERE board_id = 0", &[])
         .await
         .expect("uncommitted totals");
@@ -130,7 +135,9 @@ async fn control_the_naive_materialized_view_refresh_does_block_readers() {
         .batch_execute("REFRESH MATERIALIZED VIEW naive_leaderboard")
         .await
         .expect("populated");
-    let tx = writer.transaction().await.expect("begin");
+    let tx = tx::begin(&mut writer, IsolationLevel::ReadCommitted, Budget::UNBOUNDED)
+        .await
+        .expect("begin");
     tx.batch_execute("REFRESH MATERIALIZED VIEW naive_leaderboard")
         .await
         .expect("refresh");
