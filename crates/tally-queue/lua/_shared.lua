@@ -25,6 +25,19 @@ local function redis_now()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
+-- Redis's clock in ms and in µs (the fencing token floor, see claim_jobs.lua).
+-- µs since the epoch stay below 2^53, exact in Lua's doubles, until 2255.
+local function redis_time()
+  local t = redis.call('TIME')
+  local s, us = tonumber(t[1]), tonumber(t[2])
+  return s * 1000 + math.floor(us / 1000), s * 1000000 + us
+end
+
+-- A whole number as decimal digits (tostring would write 1.8e+15).
+local function int(n)
+  return string.format('%.0f', n)
+end
+
 -- A time the caller computed on its own clock (`at`, with `caller_now` read
 -- on the same clock) moved to Redis's clock: the caller's skew cancels out.
 local function to_redis_clock(at, caller_now, now)
@@ -102,7 +115,7 @@ local function num(n)
 end
 
 local function format_state(st)
-  local s = tostring(st.token) .. ':' .. num(st.attempts) .. ':' .. num(st.crashes) .. ':' .. num(st.errors) .. ':'
+  local s = int(st.token) .. ':' .. num(st.attempts) .. ':' .. num(st.crashes) .. ':' .. num(st.errors) .. ':'
   if st.held then
     s = s .. UPPER[st.prio]
   else
@@ -165,7 +178,8 @@ end
 
 -- Acknowledges finished jobs: ARGV[first], ARGV[first+1], ... are pairs of
 -- id and token. A job whose token is not the current claim's is left alone.
--- Returns one integer per pair: 1 completed, 0 rejected (stale token).
+-- Returns one integer per pair: 1 completed, 0 rejected (stale token: another
+-- claim holds the job), 2 already finished (no state left).
 local function complete_batch(jobs_key, state_key, leases_key, stats_key, first)
   local ids = {}
   for i = first, #ARGV, 2 do
@@ -181,8 +195,13 @@ local function complete_batch(jobs_key, state_key, leases_key, stats_key, first)
     if holds_token(states[k], ARGV[first + 2 * k - 1]) then
       done[#done + 1] = id
       out[k] = 1
-    else
+    elseif states[k] then
       out[k] = 0
+    else
+      -- No state: the job is finished (by an earlier try of this very
+      -- acknowledgement whose reply was lost, or after a recovery, by
+      -- another claim).
+      out[k] = 2
     end
   end
   if #done > 0 then

@@ -9,27 +9,60 @@
 -- KEYS[4] jobs        hash  id -> envelope
 -- KEYS[5] state       hash  id -> per-job state
 -- KEYS[6] leases      zset  id by lease expiry ms
--- KEYS[7] token       string, the fencing token counter (INCRBY)
+-- KEYS[7] token       string, the last fencing token handed out
 -- KEYS[8] dedup       hash  dedup key -> id
 -- KEYS[9] wake        list  wake markers
 -- KEYS[10] stats      hash  counters
--- ARGV[1] unused (was the caller's clock; leases run on Redis's clock)
+-- KEYS[11] claim record  string, this worker's last claim (ids and tokens)
+-- ARGV[1] 'n:<request id>' for a new claim, 'r:<request id>' for a retry of
+--         a claim whose reply was lost (anything else: no record kept). A
+--         retry whose request id matches the record gets the recorded jobs
+--         again (those the recorded tokens still hold) instead of new ones,
+--         so a lost reply costs its jobs nothing.
 -- ARGV[2] lease ms
 -- ARGV[3] max jobs to claim (may be 0: acknowledge only)
 -- ARGV[4] how many of them the worker starts at once (it has free slots for
 --         them); the others are claimed ahead and marked held, so that a
 --         worker lost while it only held them costs them no crash
 -- ARGV[5..] two per finished job to acknowledge first: id, token
--- Returns: { ack statuses (1 completed, 0 stale token, one per finished job) }
+-- Returns: { ack statuses (1 completed, 0 stale token, 2 already finished;
+--          one per finished job) }
 --          followed by six per claimed job: id, envelope (nil when missing),
 --          attempt, crashes, errors, token. Fewer jobs than asked means the ready
 --          lists are empty; the wake list is then cleared in the same atomic
 --          step, so a marker seen later always means new work.
 
-local now = redis_now()
+local now, now_us = redis_time()
 local max = tonumber(ARGV[3])
 local start_now = tonumber(ARGV[4])
 local acks = complete_batch(KEYS[4], KEYS[5], KEYS[6], KEYS[10], 5)
+local mode, request = string.match(ARGV[1], '^([nr]):(.+)$')
+local lease_ms = tonumber(ARGV[2])
+
+if mode == 'r' then
+  local rec = redis.call('GET', KEYS[11])
+  if rec and string.sub(rec, 1, #request + 1) == request .. ':' then
+    -- The same claim again: its jobs, as the script recorded them.
+    local recorded = cmsgpack.unpack(string.sub(rec, #request + 2))
+    local out = { acks }
+    local expiry = tostring(now + lease_ms)
+    for i = 1, #recorded, 2 do
+      local id, tok = recorded[i], recorded[i + 1]
+      local s = redis.call('HGET', KEYS[5], id)
+      if holds_token(s, tok) then
+        local st = parse_state(s)
+        redis.call('ZADD', KEYS[6], 'XX', expiry, id)
+        out[#out + 1] = id
+        out[#out + 1] = redis.call('HGET', KEYS[4], id)
+        out[#out + 1] = st.attempts
+        out[#out + 1] = st.crashes
+        out[#out + 1] = st.errors
+        out[#out + 1] = st.token
+      end
+    end
+    return out
+  end
+end
 if max == 0 then
   return { acks }
 end
@@ -58,8 +91,14 @@ end
 
 local envs = call_unpacked('HMGET', KEYS[4], ids)
 local states = call_unpacked('HMGET', KEYS[5], ids)
-local last = redis.call('INCRBY', KEYS[7], #ids)
-local first = last - #ids
+-- Fencing tokens grow and never repeat, even after a Redis crash that lost
+-- its last writes (AOF everysec loses up to a second): the counter is
+-- floored at Redis's clock in µs, which moved on during the restart, so a
+-- token handed out in the lost second is never handed out again (unless
+-- claims ran more than a million tokens a second ahead of the clock, or
+-- Redis's clock went back across the restart).
+local first = math.max(tonumber(redis.call('GET', KEYS[7]) or '0'), now_us)
+redis.call('SET', KEYS[7], int(first + #ids))
 local expiry = tostring(now + tonumber(ARGV[2]))
 local new_states = {}
 local leases = {}
@@ -90,4 +129,12 @@ for i, id in ipairs(ids) do
 end
 call_unpacked('HSET', KEYS[5], new_states)
 call_unpacked('ZADD', KEYS[6], leases)
+if mode then
+  local record = {}
+  for i, id in ipairs(ids) do
+    record[#record + 1] = id
+    record[#record + 1] = int(first + i)
+  end
+  redis.call('SET', KEYS[11], request .. ':' .. cmsgpack.pack(record), 'PX', lease_ms)
+end
 return out

@@ -9,6 +9,7 @@
 -- KEYS[3] leases  zset  id by lease expiry
 -- KEYS[4] stats   hash  counters
 -- ARGV    two per job: id, token
--- Returns: one integer per job, in order: 1 completed, 0 rejected (stale token)
+-- Returns: one integer per job, in order: 1 completed, 0 rejected (stale
+--          token), 2 already finished (see complete_batch in _shared.lua)
 
 return complete_batch(KEYS[1], KEYS[2], KEYS[3], KEYS[4], 1)

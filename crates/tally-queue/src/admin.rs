@@ -86,6 +86,9 @@ pub struct DeadJob {
     pub envelope: Option<String>,
 }
 
+/// Hash values as raw bytes, absent ones as `None`.
+type MaybeBytes = Vec<Option<Vec<u8>>>;
+
 /// Which dead jobs to retry or purge.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DeadSelector {
@@ -248,7 +251,7 @@ impl QueueAdmin {
             return Ok(Vec::new());
         }
         let mut conn = self.client.conn();
-        let (infos, envelopes): (Vec<Option<Vec<u8>>>, Vec<Option<Vec<u8>>>) = redis::pipe()
+        let (infos, envelopes): (MaybeBytes, MaybeBytes) = redis::pipe()
             .cmd("HMGET")
             .arg(keys.dead_info())
             .arg(ids)

@@ -100,6 +100,14 @@ impl QueueKeys {
         self.part("token")
     }
 
+    /// The last claim of one worker process (`worker` is its id): which jobs
+    /// with which tokens, so a claim retried after its reply was lost gets
+    /// the same jobs back (see `claim_jobs.lua`). Expires after a lease;
+    /// deleted when the worker stops.
+    pub fn claim_record(&self, worker: &str) -> String {
+        self.part(&format!("claim:{worker}"))
+    }
+
     /// Short-lived lock (`SET NX PX`) held by the worker running the reaper.
     pub fn reaper_lock(&self) -> String {
         self.part("reaper")

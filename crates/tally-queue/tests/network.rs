@@ -84,3 +84,92 @@ async fn an_idle_worker_behind_a_silent_network_claims_again_once_it_is_back() {
     let stats = QueueAdmin::new(direct).stats(QUEUE).await.expect("stats");
     assert_eq!((stats.counters.completed, stats.ready, stats.in_flight), (2, 0, 0));
 }
+
+/// A claim that ran in Redis but whose reply was lost (the network dropped
+/// it; the call timed out) is sent again under its request id and gets the
+/// same jobs back: they run as their first attempt, with no crash charged and
+/// no wait for their leases to expire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_whose_reply_was_lost_gets_its_jobs_back_on_retry() {
+    let redis = tally_testkit::redis().await;
+    let target = redis
+        .url
+        .trim_start_matches("redis://")
+        .trim_end_matches('/')
+        .to_owned();
+    let proxy = SilentProxy::start(&target).await.expect("proxy");
+    let config = QueueConfig {
+        idle_poll: Duration::from_secs(1),
+        command_timeout: Duration::from_secs(1),
+        // Far longer than the outage: without the retry, the lost jobs would
+        // wait all of it and then be charged a crash.
+        lease: Duration::from_secs(30),
+        ..fast_config(&redis.namespace)
+    };
+    let behind = QueueClient::connect(&proxy.redis_url(), config.clone())
+        .await
+        .expect("connect through the proxy");
+    let direct = QueueClient::connect(&redis.url, config).await.expect("connect");
+    let (done_tx, mut done) = tokio::sync::mpsc::unbounded_channel();
+    // No promoter or reaper: the claim is the only call on the shared
+    // connection when the replies stop.
+    let worker = Worker::builder(behind.clone(), QUEUE)
+        .concurrency(10)
+        .background_tasks(false)
+        .handle(move |job: Echo, ctx: JobContext| {
+            let done_tx = done_tx.clone();
+            async move {
+                done_tx.send((job.n, ctx.attempt, ctx.crashes)).expect("send");
+                Ok(())
+            }
+        })
+        .build()
+        .expect("build");
+    let running = common::spawn(worker);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.drop_replies();
+    let jobs: Vec<Echo> = (1..=5).map(Echo::new).collect();
+    Producer::new(direct.clone())
+        .enqueue_batch(&jobs)
+        .await
+        .expect("enqueue");
+    let admin = QueueAdmin::new(direct.clone());
+    eventually("the claim ran in Redis", Duration::from_secs(15), || async {
+        admin.stats(QUEUE).await.expect("stats").in_flight == 5
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(done.try_recv().is_err(), "no reply, no job started");
+    proxy.restore();
+    let restored = Instant::now();
+    let mut runs = Vec::new();
+    while runs.len() < 5 {
+        let run = tokio::time::timeout(Duration::from_secs(15), done.recv())
+            .await
+            .expect("the lost claim's jobs ran well within their lease")
+            .expect("run");
+        runs.push(run);
+    }
+    eprintln!(
+        "jobs of the lost claim ran {:?} after the network came back",
+        restored.elapsed()
+    );
+    runs.sort_unstable();
+    assert_eq!(
+        runs,
+        (1..=5).map(|n| (n, 1, 0)).collect::<Vec<_>>(),
+        "each ran once, as its first attempt, no crash charged"
+    );
+    eventually("all acknowledged", Duration::from_secs(10), || async {
+        admin.stats(QUEUE).await.expect("stats").counters.completed == 5
+    })
+    .await;
+    let report = running.stop().await;
+    let stats = admin.stats(QUEUE).await.expect("stats");
+    assert_eq!(
+        (stats.counters.completed, stats.counters.recovered, stats.in_flight),
+        (5, 0, 0),
+        "{report:?}"
+    );
+    assert_eq!(report.stale, 0, "no acknowledgement counted as stale");
+}

@@ -4,9 +4,11 @@
 //!
 //! [`SilentProxy::go_silent`] freezes every connection open at that moment
 //! for good (no bytes either way, no FIN, no RST: the peer's kernel still
-//! looks alive) and holds new connections unanswered; [`SilentProxy::restore`]
-//! forwards new connections again. The frozen ones stay frozen, like
-//! connections to a host that is gone.
+//! looks alive) and holds new connections unanswered;
+//! [`SilentProxy::drop_replies`] lets requests through but freezes the
+//! replies (a command runs in Redis, its answer never arrives);
+//! [`SilentProxy::restore`] forwards new connections again. Frozen
+//! connections stay frozen, like connections to a host that is gone.
 
 use anyhow::{Context as _, Result};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -18,16 +20,23 @@ use tokio::task::JoinHandle;
 #[derive(Debug)]
 pub struct SilentProxy {
     port: u16,
-    /// A connection forwards while the epoch it started in is current;
-    /// `go_silent` starts a new one.
     state: watch::Sender<State>,
     accept: JoinHandle<()>,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Forward,
+    Silent,
+    RequestsOnly,
+}
+
+/// Every `go_silent` / `drop_replies` starts a new epoch; a connection
+/// applies each new epoch's mode to itself once, for good.
 #[derive(Debug, Clone, Copy)]
 struct State {
     epoch: u64,
-    silent: bool,
+    mode: Mode,
 }
 
 impl SilentProxy {
@@ -37,7 +46,7 @@ impl SilentProxy {
         let port = listener.local_addr()?.port();
         let (state, _) = watch::channel(State {
             epoch: 0,
-            silent: false,
+            mode: Mode::Forward,
         });
         let rx = state.subscribe();
         let target = target.to_owned();
@@ -61,15 +70,25 @@ impl SilentProxy {
 
     /// Freezes every open connection for good and holds new ones.
     pub fn go_silent(&self) {
-        self.state.send_modify(|s| {
-            s.epoch += 1;
-            s.silent = true;
-        });
+        self.enter(Mode::Silent);
+    }
+
+    /// Requests still reach the server; replies on open connections are
+    /// frozen for good, and new connections get none.
+    pub fn drop_replies(&self) {
+        self.enter(Mode::RequestsOnly);
     }
 
     /// Forwards new connections again (frozen ones stay frozen).
     pub fn restore(&self) {
-        self.state.send_modify(|s| s.silent = false);
+        self.state.send_modify(|s| s.mode = Mode::Forward);
+    }
+
+    fn enter(&self, mode: Mode) {
+        self.state.send_modify(|s| {
+            s.epoch += 1;
+            s.mode = mode;
+        });
     }
 }
 
@@ -79,42 +98,52 @@ impl Drop for SilentProxy {
     }
 }
 
-/// One client connection: waits while the proxy is silent, then forwards
-/// until the proxy goes silent, then holds both sockets open and idle.
+/// One client connection: forwards each direction while it is on; a
+/// direction, once turned off, stays off (nothing read, nothing written).
+/// The upstream connection stays open even when the client closes, so a
+/// request already forwarded runs to its end.
 async fn serve(client: TcpStream, target: String, mut state: watch::Receiver<State>) {
-    let Ok(current) = state.wait_for(|s| !s.silent).await.map(|s| *s) else {
+    let Ok(start) = state.wait_for(|s| s.mode != Mode::Silent).await.map(|s| *s) else {
         return;
     };
-    let epoch = current.epoch;
+    let mut epoch = start.epoch;
     let Ok(upstream) = TcpStream::connect(&target).await else {
         return;
     };
     let (mut client_read, mut client_write) = client.into_split();
     let (mut up_read, mut up_write) = upstream.into_split();
-    let silenced = async {
-        let _ = state.wait_for(|s| s.epoch != epoch).await;
-    };
-    let forward = async {
-        let mut a = [0_u8; 16 * 1024];
-        let mut b = [0_u8; 16 * 1024];
-        loop {
-            tokio::select! {
-                n = client_read.read(&mut a) => match n {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => if up_write.write_all(&a[..n]).await.is_err() { return },
-                },
-                n = up_read.read(&mut b) => match n {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => if client_write.write_all(&b[..n]).await.is_err() { return },
-                },
-            }
-        }
-    };
-    tokio::select! {
-        () = forward => {}
-        () = silenced => {
+    let mut requests_on = true;
+    let mut replies_on = start.mode == Mode::Forward;
+    let mut a = vec![0_u8; 16 * 1024];
+    let mut b = vec![0_u8; 16 * 1024];
+    loop {
+        if !requests_on && !replies_on {
             // Frozen: keep every half open, never read or write again.
             std::future::pending::<()>().await;
+        }
+        tokio::select! {
+            changed = state.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let now = *state.borrow();
+                if now.epoch != epoch {
+                    epoch = now.epoch;
+                    match now.mode {
+                        Mode::Silent => (requests_on, replies_on) = (false, false),
+                        Mode::RequestsOnly => replies_on = false,
+                        Mode::Forward => {}
+                    }
+                }
+            }
+            n = client_read.read(&mut a), if requests_on => match n {
+                Ok(0) | Err(_) => return,
+                Ok(n) => if up_write.write_all(&a[..n]).await.is_err() { return },
+            },
+            n = up_read.read(&mut b), if replies_on => match n {
+                Ok(0) | Err(_) => return,
+                Ok(n) => if client_write.write_all(&b[..n]).await.is_err() { return },
+            },
         }
     }
 }

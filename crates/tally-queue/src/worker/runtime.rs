@@ -64,6 +64,8 @@ pub(crate) struct Shared {
     pub(crate) queue: String,
     pub(crate) events: Arc<dyn JobEvents>,
     counters: Counters,
+    /// This worker process's id (its claim record in Redis).
+    worker_id: String,
 }
 
 /// Held and running attempts by (job id, fencing token), for the heartbeat.
@@ -121,6 +123,9 @@ struct Finished {
     attempt: u32,
     duration: Duration,
     wait: Option<Duration>,
+    /// Sent before in a call whose reply was lost: an "already finished"
+    /// answer then means that earlier call finished it.
+    resent: bool,
 }
 
 impl Worker {
@@ -138,6 +143,7 @@ impl Worker {
             queue: self.queue.clone(),
             events: self.events.clone(),
             counters: Counters::default(),
+            worker_id: uuid::Uuid::new_v4().simple().to_string(),
         });
         let stop = CancellationToken::new();
         let leases: LeaseTable = Arc::default();
@@ -199,7 +205,16 @@ struct ClaimDone {
     asked: usize,
     sent: Instant,
     acks: Vec<Finished>,
+    request: ClaimRequest,
     result: Result<ClaimReply, QueueError>,
+}
+
+/// Identifies a claim call, so that it can be sent again after its reply was
+/// lost and get the same jobs back (see `claim_jobs.lua`).
+#[derive(Debug, Clone, Copy)]
+struct ClaimRequest {
+    id: u64,
+    retry: bool,
 }
 
 /// Reply of the claim script: acknowledgement statuses, then claimed jobs.
@@ -270,6 +285,10 @@ impl Driver {
         let config = self.shared.client.config().clone();
         let mut backoff = RetryBackoff::new(config.retry_backoff_min, config.retry_backoff_max);
         let mut generation = 0_u64;
+        // Claim calls are numbered; a call that failed in a way that may
+        // have run in Redis (its reply lost) is sent again under its number.
+        let mut next_request = 0_u64;
+        let mut retry_request: Option<u64> = None;
         loop {
             let free = self.concurrency.saturating_sub(self.by_task.len());
             let ahead = if more { self.claim_ahead() } else { 0 };
@@ -281,12 +300,32 @@ impl Driver {
             // With fast handlers a second call may travel while the first is
             // served, so Redis and this process work at the same time.
             let max_calls = if ahead > 0 { 2 } else { 1 };
-            if retry_at.is_none() && want > 0 && claims.len() < max_calls && (more || was_woken) {
+            let retrying = retry_request.is_some() && claims.is_empty();
+            if retry_at.is_none()
+                && (want > 0 || retrying)
+                && claims.len() < max_calls
+                && (more || was_woken || retrying)
+            {
                 // One call acknowledges what finished and refills the slots.
                 was_woken = false;
                 asked_in_flight += want;
                 let acks = std::mem::take(&mut self.completions);
-                claims.push(Box::pin(claim_jobs(self.shared.clone(), want, start_now, acks)));
+                let request = if let Some(id) = retry_request.take() {
+                    ClaimRequest { id, retry: true }
+                } else {
+                    next_request += 1;
+                    ClaimRequest {
+                        id: next_request,
+                        retry: false,
+                    }
+                };
+                claims.push(Box::pin(claim_jobs(
+                    self.shared.clone(),
+                    want,
+                    start_now,
+                    acks,
+                    request,
+                )));
             } else if claims.is_empty() {
                 self.flush_completions();
             }
@@ -315,8 +354,10 @@ impl Driver {
                         Ok(reply) => {
                             backoff.reset();
                             self.rtt_us.add(done.sent.elapsed().as_secs_f64() * 1e6);
-                            report_acks(&self.shared, done.acks, reply.acks);
-                            more = reply.jobs.len() == done.asked;
+                            report_acks(&self.shared, done.acks, reply.acks, false);
+                            // A retry returns the jobs of the lost reply,
+                            // not a fresh batch: look again at once.
+                            more = reply.jobs.len() == done.asked || done.request.retry;
                             for job in reply.jobs {
                                 self.accept(job);
                             }
@@ -329,7 +370,15 @@ impl Driver {
                         }
                         Err(err) => {
                             // The acknowledgements go again with the next call.
-                            self.completions.extend(done.acks);
+                            self.completions.extend(done.acks.into_iter().map(|mut ack| {
+                                ack.resent = true;
+                                ack
+                            }));
+                            // Unavailable may mean the script ran and only the
+                            // reply was lost: ask for that claim again.
+                            if err.is_unavailable() {
+                                retry_request = Some(retry_request.map_or(done.request.id, |r| r.max(done.request.id)));
+                            }
                             let delay = backoff.next_delay();
                             warn!(queue = %self.shared.queue, error = %err, ?delay, "claim failed; backing off");
                             retry_at = Some(tokio::time::Instant::now() + delay);
@@ -534,6 +583,7 @@ impl Driver {
                     attempt: running.attempt,
                     duration,
                     wait: running.wait,
+                    resent: false,
                 });
                 return;
             }
@@ -586,7 +636,7 @@ impl Driver {
         while let Ok(Some(done)) = tokio::time::timeout_at(claims_deadline, in_flight.next()).await {
             match done.result {
                 Ok(reply) => {
-                    report_acks(&self.shared, done.acks, reply.acks);
+                    report_acks(&self.shared, done.acks, reply.acks, false);
                     to_requeue.extend(reply.jobs.into_iter().map(|job| (job.id, job.token)));
                 }
                 Err(_) => self.completions.extend(done.acks),
@@ -630,6 +680,12 @@ impl Driver {
         self.jobs.abort_all();
         while self.jobs.join_next().await.is_some() {}
         self.leases.lock().unwrap_or_else(PoisonError::into_inner).clear();
+        // Nothing of this worker's last claim can need a retry any more.
+        let mut conn = self.shared.client.conn();
+        let record = self.shared.keys.claim_record(&self.shared.worker_id);
+        if let Err(err) = redis::cmd("DEL").arg(record).query_async::<()>(&mut conn).await {
+            debug!(queue = %self.shared.queue, error = %err, "could not delete the claim record; it expires after a lease");
+        }
         if !to_requeue.is_empty() {
             requeue(
                 &self.shared,
@@ -694,15 +750,22 @@ fn decide(running: &Running, error: &JobError) -> (i64, String) {
 }
 
 /// Acknowledges `acks` and claims up to `count` jobs, in one script call.
-async fn claim_jobs(shared: Arc<Shared>, count: usize, start_now: usize, acks: Vec<Finished>) -> ClaimDone {
+async fn claim_jobs(
+    shared: Arc<Shared>,
+    count: usize,
+    start_now: usize,
+    acks: Vec<Finished>,
+    request: ClaimRequest,
+) -> ClaimDone {
     let sent = Instant::now();
     let result = shared
         .client
-        .observe(claim_call(&shared, count, start_now, &acks).await);
+        .observe(claim_call(&shared, count, start_now, &acks, Some(request)).await);
     ClaimDone {
         asked: count,
         sent,
         acks,
+        request,
         result,
     }
 }
@@ -712,6 +775,7 @@ async fn claim_call(
     count: usize,
     start_now: usize,
     acks: &[Finished],
+    request: Option<ClaimRequest>,
 ) -> Result<ClaimReply, QueueError> {
     let keys = &shared.keys;
     let config = shared.client.config();
@@ -727,7 +791,11 @@ async fn claim_call(
         .key(keys.dedup())
         .key(keys.wake())
         .key(keys.stats())
-        .arg(0)
+        .key(keys.claim_record(&shared.worker_id))
+        .arg(request.map_or_else(
+            || "-".to_owned(),
+            |r| format!("{}:{}", if r.retry { 'r' } else { 'n' }, r.id),
+        ))
         .arg(millis(config.lease))
         .arg(count)
         .arg(start_now);
@@ -812,7 +880,9 @@ fn ack_patience(shared: &Shared) -> Duration {
 /// Acknowledges a batch of successful attempts.
 async fn acknowledge(shared: Arc<Shared>, batch: Vec<Finished>) {
     let keys = &shared.keys;
+    let mut tries = 0_u32;
     let reply = with_retries(&shared, "acknowledgement", ack_patience(&shared), || {
+        tries += 1;
         let mut invocation = scripts::COMPLETE_JOBS.prepare_invoke();
         invocation
             .key(keys.jobs())
@@ -827,14 +897,17 @@ async fn acknowledge(shared: Arc<Shared>, batch: Vec<Finished>) {
     })
     .await;
     if let Some(reply) = reply {
-        report_acks(&shared, batch, reply);
+        report_acks(&shared, batch, reply, tries > 1);
     }
 }
 
 /// Counts and reports acknowledged attempts (events for the completed ones).
-fn report_acks(shared: &Shared, batch: Vec<Finished>, statuses: Vec<i64>) {
+/// `retried`: the batch was sent before by a call that failed, so "already
+/// finished" (status 2) means that earlier call finished it.
+fn report_acks(shared: &Shared, batch: Vec<Finished>, statuses: Vec<i64>, retried: bool) {
     for (job, status) in batch.into_iter().zip(statuses) {
-        if status == 1 {
+        let ours = status == 1 || (status == 2 && (retried || job.resent));
+        if ours {
             shared.counters.completed.fetch_add(1, Ordering::Relaxed);
             debug!(queue = %shared.queue, id = %job.id, kind = %job.kind, attempt = job.attempt, "completed");
             shared.events.on_completed(&JobEvent {
@@ -846,6 +919,9 @@ fn report_acks(shared: &Shared, batch: Vec<Finished>, statuses: Vec<i64>) {
                 wait: job.wait,
                 error: None,
             });
+        } else if status == 2 {
+            shared.counters.stale.fetch_add(1, Ordering::Relaxed);
+            warn!(queue = %shared.queue, id = %job.id, token = job.token, "completion not recorded: the job was recovered and already finished elsewhere");
         } else {
             shared.counters.stale.fetch_add(1, Ordering::Relaxed);
             warn!(queue = %shared.queue, id = %job.id, token = job.token, "completion rejected: stale token (the job was recovered and runs again elsewhere)");

@@ -39,6 +39,7 @@ async fn setup() -> (tally_testkit::TestRedis, Arc<Shared>) {
         queue: QUEUE.to_owned(),
         events: Arc::new(NoEvents),
         counters: super::Counters::default(),
+        worker_id: "test".to_owned(),
     });
     (redis, shared)
 }
@@ -46,7 +47,7 @@ async fn setup() -> (tally_testkit::TestRedis, Arc<Shared>) {
 /// Claims every ready job (`start_now` of them started at once), lets the
 /// leases lapse as if the worker had died, and reaps them.
 async fn lose(shared: &Shared, count: usize, start_now: usize) -> Vec<(String, u32)> {
-    let reply = claim_call(shared, count, start_now, &[]).await.expect("claim");
+    let reply = claim_call(shared, count, start_now, &[], None).await.expect("claim");
     assert_eq!(reply.jobs.len(), count, "every job claimed");
     tokio::time::sleep(Duration::from_millis(150)).await;
     let reaped = reap_expired(&shared.client, &shared.keys).await.expect("reap");
@@ -116,7 +117,9 @@ async fn claims_and_acks_of_any_size_lose_nothing() {
         .enqueue_batch(&jobs)
         .await
         .expect("enqueue");
-    let reply = claim_call(&shared, TOTAL, TOTAL, &[]).await.expect("claim of 20,000");
+    let reply = claim_call(&shared, TOTAL, TOTAL, &[], None)
+        .await
+        .expect("claim of 20,000");
     assert_eq!(reply.jobs.len(), TOTAL);
     let acks: Vec<super::Finished> = reply
         .jobs
@@ -128,9 +131,10 @@ async fn claims_and_acks_of_any_size_lose_nothing() {
             attempt: j.attempt,
             duration: Duration::ZERO,
             wait: None,
+            resent: false,
         })
         .collect();
-    let reply = claim_call(&shared, 0, 0, &acks).await.expect("ack of 20,000");
+    let reply = claim_call(&shared, 0, 0, &acks, None).await.expect("ack of 20,000");
     assert_eq!(reply.acks, vec![1; TOTAL]);
     let stats = QueueAdmin::new(shared.client.clone())
         .stats(QUEUE)
@@ -139,5 +143,81 @@ async fn claims_and_acks_of_any_size_lose_nothing() {
     assert_eq!(
         (stats.counters.completed, stats.ready, stats.in_flight),
         (TOTAL as u64, 0, 0)
+    );
+}
+
+#[tokio::test]
+async fn an_acknowledgement_sent_again_recognises_its_own_earlier_effect() {
+    let (_redis, shared) = setup().await;
+    Producer::new(shared.client.clone())
+        .enqueue(&Job(1))
+        .await
+        .expect("enqueue");
+    let claimed = claim_call(&shared, 1, 1, &[], None).await.expect("claim").jobs;
+    let ack = || super::Finished {
+        id: claimed[0].id.clone(),
+        token: claimed[0].token,
+        kind: "job".into(),
+        attempt: 1,
+        duration: Duration::ZERO,
+        wait: None,
+        resent: false,
+    };
+    // The first acknowledgement ran but its reply was lost; the second one
+    // finds the job finished.
+    assert_eq!(
+        claim_call(&shared, 0, 0, &[ack()], None).await.expect("ack").acks,
+        vec![1]
+    );
+    let again = claim_call(&shared, 0, 0, &[ack()], None).await.expect("ack again").acks;
+    assert_eq!(again, vec![2], "already finished, not a stale token");
+    super::report_acks(&shared, vec![ack()], again, true);
+    let counters = &shared.counters;
+    assert_eq!(
+        (
+            counters.completed.load(std::sync::atomic::Ordering::Relaxed),
+            counters.stale.load(std::sync::atomic::Ordering::Relaxed)
+        ),
+        (1, 0)
+    );
+}
+
+#[tokio::test]
+async fn fencing_tokens_never_repeat_after_redis_loses_its_last_writes() {
+    let (redis, shared) = setup().await;
+    Producer::new(shared.client.clone())
+        .enqueue(&Job(1))
+        .await
+        .expect("enqueue");
+    let mut conn = redis.connection().await;
+    let token_key = shared.keys.token();
+    let before: Option<String> = redis::cmd("GET")
+        .arg(&token_key)
+        .query_async(&mut conn)
+        .await
+        .expect("get");
+    let first = claim_call(&shared, 1, 1, &[], None).await.expect("claim").jobs;
+    // A crash with AOF everysec loses the last second of writes: the token
+    // counter is back where it was, and the job waits again.
+    match before {
+        Some(value) => {
+            redis::cmd("SET")
+                .arg(&token_key)
+                .arg(value)
+                .query_async::<()>(&mut conn)
+                .await
+        }
+        None => redis::cmd("DEL").arg(&token_key).query_async::<()>(&mut conn).await,
+    }
+    .expect("roll the counter back");
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    reap_expired(&shared.client, &shared.keys).await.expect("reap");
+    let second = claim_call(&shared, 1, 1, &[], None).await.expect("claim").jobs;
+    assert_eq!(first[0].id, second[0].id);
+    assert!(
+        second[0].token > first[0].token,
+        "the second claim's token {} repeats or precedes the lost one {}",
+        second[0].token,
+        first[0].token
     );
 }
