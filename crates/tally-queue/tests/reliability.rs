@@ -628,3 +628,52 @@ async fn a_reclaimed_job_keeps_its_new_lease_when_the_stale_attempt_ends() {
         "only the simulated loss was recovered: {stats:?} {report:?}"
     );
 }
+
+/// Item 7 of the hardening: at shutdown, jobs claimed ahead go back at once,
+/// not after the running handlers finish, so other workers can take them
+/// while a long job drains.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_claimed_ahead_go_back_at_once_while_a_long_job_drains() {
+    const SLOW: u64 = 200;
+    let (_redis, client) = setup().await;
+    let jobs: Vec<Echo> = (0..400).map(Echo::new).collect();
+    Producer::new(client.clone())
+        .enqueue_batch(&jobs)
+        .await
+        .expect("enqueue");
+    let (slow_tx, mut slow_started) = mpsc::unbounded_channel::<()>();
+    let worker = Worker::builder(client.clone(), QUEUE)
+        .concurrency(1)
+        .drain_timeout(Duration::from_secs(10))
+        .handle(move |job: Echo, _ctx: JobContext| {
+            let slow_tx = slow_tx.clone();
+            async move {
+                if job.n == SLOW {
+                    slow_tx.send(()).expect("send");
+                    tokio::time::sleep(Duration::from_secs(3)).await;
+                }
+                Ok(())
+            }
+        })
+        .build()
+        .expect("build");
+    let running = spawn(worker);
+    tokio::time::timeout(Duration::from_secs(30), slow_started.recv())
+        .await
+        .expect("the slow job started")
+        .expect("started");
+    let admin = QueueAdmin::new(client.clone());
+    let held = admin.stats(QUEUE).await.expect("stats").in_flight;
+    assert!(held >= 2, "no-op handlers make the worker claim ahead: {held} leased");
+    let stopping = tokio::spawn(running.stop());
+    eventually("jobs claimed ahead are back", Duration::from_secs(2), || async {
+        admin.stats(QUEUE).await.expect("stats").in_flight == 1
+    })
+    .await;
+    assert!(!stopping.is_finished(), "the slow job still drains");
+    let report = stopping.await.expect("stop");
+    assert_eq!(report.requeued, held - 1);
+    let stats = admin.stats(QUEUE).await.expect("stats");
+    assert_eq!(stats.in_flight, 0);
+    assert_eq!(stats.ready + stats.counters.completed, 400);
+}
