@@ -27,7 +27,10 @@ pub fn register(builder: WorkerBuilder, deps: WorkerDeps) -> WorkerBuilder {
 
 /// Scores the match's predictions, then chains `CalculatePoints`.
 pub async fn score_match(deps: &WorkerDeps, job: &ScoreMatch, ctx: &JobContext) -> Result<(), JobError> {
-    let outcome = with_database(ctx, || deps.store.score_match(job.match_id))
+    // Bounded by the attempt's deadline: a statement or lock wait that would
+    // outlive the attempt is stopped by PostgreSQL, not left running.
+    let store = deps.store.with_deadline(ctx.deadline);
+    let outcome = with_database(ctx, || store.score_match(job.match_id))
         .await
         .map_err(|e| store_job_error(&e))?;
     tracing::info!(match_id = job.match_id, attempt = ctx.attempt, ?outcome, "match scored");

@@ -36,7 +36,10 @@ pub fn register(builder: WorkerBuilder, deps: WorkerDeps) -> WorkerBuilder {
 
 /// Recalculates the affected users' points, then asks for a refresh.
 pub async fn calculate_points(deps: &WorkerDeps, job: &CalculatePoints, ctx: &JobContext) -> Result<(), JobError> {
-    let outcome = with_database(ctx, || deps.store.calculate_points(job.match_id))
+    // Bounded by the attempt's deadline: a statement or lock wait that would
+    // outlive the attempt is stopped by PostgreSQL, not left running.
+    let store = deps.store.with_deadline(ctx.deadline);
+    let outcome = with_database(ctx, || store.calculate_points(job.match_id))
         .await
         .map_err(|e| store_job_error(&e))?;
     tracing::info!(
@@ -76,7 +79,8 @@ pub async fn refresh_views(deps: &WorkerDeps, job: &RefreshViews, ctx: &JobConte
         RefreshScope::Leaderboard => Scope::Leaderboard,
         RefreshScope::Standings => Scope::Standings,
     };
-    let outcome = with_database(ctx, || deps.store.refresh_views(scope))
+    let store = deps.store.with_deadline(ctx.deadline);
+    let outcome = with_database(ctx, || store.refresh_views(scope))
         .await
         .map_err(|e| store_job_error(&e))?;
     tracing::info!(%scope, attempt = ctx.attempt, ?outcome, "views refreshed");

@@ -208,9 +208,12 @@ where
 }
 
 /// What the engine should do about a store error: a match not finished yet
-/// is retried in a minute; connection trouble, deadlocks and "not scored yet"
-/// are retried with the job's backoff; everything else (unknown match,
-/// conflicting result) will never succeed, so the job gives up.
+/// is retried in a minute; connection trouble, races with a concurrent writer
+/// (deadlock, serialization failure, unique violation: the store has already
+/// run the call again a few times), a statement cut off by the attempt's
+/// deadline and "not scored yet" are retried with the job's backoff;
+/// everything else (unknown match, conflicting result, other constraint
+/// violations) will never succeed, so the job gives up.
 pub fn store_job_error(error: &tally_store::StoreError) -> tally_queue::JobError {
     use tally_queue::JobError;
     match error {
@@ -240,5 +243,37 @@ mod tests {
         let s = WorkerSettings::from_env(&env).expect("defaults");
         assert_eq!((s.concurrency, s.lease.as_secs(), s.health_addr.port()), (5, 15, 9090));
         assert!(!s.summary().contains("secret"), "{}", s.summary());
+    }
+
+    #[tokio::test]
+    async fn lost_races_and_timeouts_are_retried_other_violations_give_up() {
+        use tally_queue::JobError;
+        use tally_store::StoreError;
+
+        let db = tally_testkit::database().await;
+        let client = db.client().await;
+        client
+            .batch_execute("CREATE TABLE t (id integer PRIMARY KEY CHECK (id > 0)); INSERT INTO t VALUES (1)")
+            .await
+            .expect("table");
+        let failure =
+            async |sql: &str| StoreError::from(client.batch_execute(sql).await.expect_err("the statement fails"));
+
+        let duplicate = failure("INSERT INTO t VALUES (1)").await;
+        assert!(
+            matches!(store_job_error(&duplicate), JobError::Retry(_)),
+            "a unique violation is a lost race, not a permanent failure: {duplicate}"
+        );
+        let timed_out = failure("SET statement_timeout = 50; SELECT pg_sleep(5)").await;
+        client.batch_execute("RESET statement_timeout").await.expect("reset");
+        assert!(
+            matches!(store_job_error(&timed_out), JobError::Retry(_)),
+            "cut off by the attempt's deadline: {timed_out}"
+        );
+        let invalid = failure("INSERT INTO t VALUES (-1)").await;
+        assert!(
+            matches!(store_job_error(&invalid), JobError::GiveUp(_)),
+            "a check violation will fail again: {invalid}"
+        );
     }
 }
