@@ -218,3 +218,58 @@ async fn metrics_count_requests_by_route_and_status() {
     }
     gw.stop().await;
 }
+
+/// `n` HTTP methods nobody uses, different on every run: letters, digits and
+/// the token characters the server accepts in a method (it answers 400 to
+/// `#$%&'` before any middleware runs).
+fn invented_methods(n: usize) -> Vec<String> {
+    use rand::Rng as _;
+    const TOKEN: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789!*+-.^_`|~";
+    let mut rng = rand::rng();
+    (0..n)
+        .map(|_| {
+            let len = rng.random_range(6..=16);
+            let tail: String = (0..len)
+                .map(|_| char::from(TOKEN[rng.random_range(0..TOKEN.len())]))
+                .collect();
+            // The prefix keeps a method from matching any other text on the page.
+            format!("ZQ{tail}")
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn invented_methods_share_one_metrics_label() {
+    let gw = gateway().await;
+    let methods = invented_methods(12);
+    for method in &methods {
+        for (path, auth) in [
+            ("/api/cron/update-stats", None),
+            ("/api/cron/update-stats", Some(SECRET)),
+            ("/no/such/route", None),
+        ] {
+            let response = gw.call(method, path, auth, b"").await;
+            assert!(
+                [401, 404, 405].contains(&response.status),
+                "{method} {path}: {} {}",
+                response.status,
+                response.body
+            );
+        }
+    }
+    gw.call("OPTIONS", "/api/cron/update-stats", None, b"").await;
+    let metrics = get(gw.addr, "/metrics").await.expect("metrics");
+    assert_eq!(metrics.status, 200);
+    for method in &methods {
+        assert!(
+            !metrics.body.contains(method.as_str()),
+            "{method} became a label value:\n{}",
+            metrics.body
+        );
+    }
+    for series in [r#"method="other""#, r#"method="OPTIONS""#] {
+        assert!(metrics.body.contains(series), "missing {series} in:\n{}", metrics.body);
+    }
+    assert_eq!(gw.stats_ready().await, 0, "no invented method enqueues anything");
+    gw.stop().await;
+}
