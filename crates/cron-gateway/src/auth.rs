@@ -5,6 +5,7 @@
 //! time whatever the presented value's length or content. The secret has no
 //! `Display` and a redacting `Debug`, so it cannot reach a log by accident.
 
+use actix_web::http::header::{AUTHORIZATION, HeaderMap};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -49,6 +50,11 @@ impl CronSecret {
             return false;
         };
         bool::from(sha256(token.trim().as_bytes()).ct_eq(&self.digest))
+    }
+
+    /// Checks the `Authorization` header of a request.
+    pub fn verify_request(&self, headers: &HeaderMap) -> bool {
+        self.verify_header(headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()))
     }
 }
 

@@ -115,11 +115,7 @@ pub async fn update_stats(
     if declared.is_some_and(|len| len > limit) {
         return Err(ApiError::PayloadTooLarge(limit));
     }
-    let header = req
-        .headers()
-        .get(actix_web::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    if !state.secret.verify_header(header) {
+    if !state.secret.verify_request(req.headers()) {
         tracing::warn!(peer = ?req.peer_addr(), "cron call refused: missing or wrong secret");
         return Err(ApiError::Unauthorized);
     }

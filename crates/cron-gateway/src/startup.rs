@@ -69,8 +69,8 @@ async fn record_metrics(
     let started = Instant::now();
     let method = method_label(req.method());
     let route = req.match_pattern().unwrap_or_else(|| "unmatched".to_owned());
-    // The request span: a trace starts here (or continues the caller's, when
-    // it sends a traceparent) and travels on inside the enqueued job.
+    // The request span: a trace starts here and travels on inside the
+    // enqueued job.
     let span = tracing::info_span!(
         "http request",
         otel.name = %format!("{method} {route}"),
@@ -79,7 +79,14 @@ async fn record_metrics(
         http.route = %route,
         http.response.status_code = tracing::field::Empty,
     );
-    if let Some(traceparent) = req.headers().get("traceparent").and_then(|v| v.to_str().ok()) {
+    // A caller's traceparent is honoured only when the call carries the cron
+    // secret: otherwise anyone could attach the gateway's spans, and the jobs
+    // they enqueue, to a trace of their choosing. A span's parent is fixed
+    // once it starts, so the secret is checked here, ahead of the handler.
+    let authenticated = req
+        .app_data::<web::Data<AppState>>()
+        .is_some_and(|state| state.secret.verify_request(req.headers()));
+    if authenticated && let Some(traceparent) = req.headers().get("traceparent").and_then(|v| v.to_str().ok()) {
         tally_telemetry::set_parent_from_traceparent(&span, traceparent);
     }
     let response = next.call(req).instrument(span.clone()).await?;
