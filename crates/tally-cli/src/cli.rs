@@ -31,6 +31,21 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// The largest `--older-than-hours`: the engine takes the age in
+/// milliseconds as a `u64`, and beyond this the multiplication would
+/// overflow (or, in a release build, wrap around to a short age and purge
+/// far more than asked).
+pub const MAX_AGE_HOURS: u64 = u64::MAX / 3_600_000;
+
+/// Parses `--older-than-hours`, refusing ages that do not fit.
+fn age_hours(value: &str) -> Result<u64, String> {
+    let hours: u64 = value.parse().map_err(|e| format!("{e}"))?;
+    if hours > MAX_AGE_HOURS {
+        return Err(format!("at most {MAX_AGE_HOURS} hours"));
+    }
+    Ok(hours)
+}
+
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -175,7 +190,7 @@ pub enum DeadCommand {
         #[arg(long, conflicts_with_all = ["ids", "older_than_hours"])]
         all: bool,
         /// Dead jobs that died more than this many hours ago.
-        #[arg(long = "older-than-hours", conflicts_with = "ids")]
+        #[arg(long = "older-than-hours", value_name = "HOURS", conflicts_with = "ids", value_parser = age_hours)]
         older_than_hours: Option<u64>,
     },
 }

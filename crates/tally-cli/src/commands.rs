@@ -9,7 +9,7 @@ use tally_jobs::{Job as _, RefreshScope, RefreshViews, ScoreMatch};
 use tally_queue::{DeadSelector, EnqueueOptions, Producer, QueueAdmin, QueueClient, QueueConfig};
 use tally_store::{Store, seed::SeedOptions};
 
-use crate::cli::{Cli, Command, DeadCommand, EnqueueCommand, MatchCommand, QueueCommand, SeedArgs};
+use crate::cli::{Cli, Command, DeadCommand, EnqueueCommand, MAX_AGE_HOURS, MatchCommand, QueueCommand, SeedArgs};
 use crate::output::{Progress, table};
 
 /// The queues the services consume.
@@ -278,7 +278,11 @@ async fn dead(cli: &Cli, cmd: &DeadCommand) -> anyhow::Result<()> {
 fn selector(ids: &[String], all: bool, older_than_hours: Option<u64>) -> anyhow::Result<DeadSelector> {
     match (ids.is_empty(), all, older_than_hours) {
         (_, true, _) => Ok(DeadSelector::All),
-        (_, _, Some(h)) => Ok(DeadSelector::OlderThan(Duration::from_secs(h * 3600))),
+        (_, _, Some(h)) => {
+            // The parser refuses larger values; a `Cli` built in code is not parsed.
+            anyhow::ensure!(h <= MAX_AGE_HOURS, "--older-than-hours: at most {MAX_AGE_HOURS} hours");
+            Ok(DeadSelector::OlderThan(Duration::from_secs(h * 3600)))
+        }
         (false, false, None) => Ok(DeadSelector::Ids(ids.to_vec())),
         (true, false, None) => anyhow::bail!("name the job ids, or pass --all"),
     }
