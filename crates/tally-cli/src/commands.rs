@@ -1,7 +1,7 @@
 //! The plain commands: each connects to what it needs, does one thing and
 //! prints a table (or JSON with `--json`).
 
-use std::time::Duration;
+use std::{collections::HashSet, time::Duration};
 
 use anyhow::Context as _;
 use serde_json::json;
@@ -257,9 +257,23 @@ async fn dead(cli: &Cli, cmd: &DeadCommand) -> anyhow::Result<()> {
             }
         }
         DeadCommand::Retry { queue, ids, all } => {
-            let which = selector(ids, *all, None)?;
-            let n = admin.dead_retry(queue, which).await?;
-            println!("{n} dead job(s) of {queue} put back on the ready list");
+            let (retried, skipped) = if *all {
+                retry_all(&admin, queue).await?
+            } else {
+                anyhow::ensure!(!ids.is_empty(), "name the job ids, or pass --all");
+                let retried = admin.dead_retry(queue, DeadSelector::Ids(ids.clone())).await?;
+                (retried, (ids.len() as u64).saturating_sub(retried))
+            };
+            if cli.json {
+                return print_json(&json!({ "queue": queue, "retried": retried, "skipped": skipped }));
+            }
+            print!("{retried} dead job(s) of {queue} put back on the ready list");
+            if skipped > 0 {
+                print!(
+                    "; {skipped} skipped (not dead, or no stored envelope to retry: see `tally queue dead list --envelopes`)"
+                );
+            }
+            println!();
         }
         DeadCommand::Purge {
             queue,
@@ -273,6 +287,52 @@ async fn dead(cli: &Cli, cmd: &DeadCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Dead jobs read, and retried, per round trip by [`retry_all`].
+const RETRY_PAGE: usize = 1000;
+
+/// Retries every dead job of `queue` that has a stored envelope, oldest
+/// first, and counts the others as skipped: `(retried, skipped)`.
+///
+/// The engine's `DeadSelector::All` retries the oldest page of the dead set
+/// again and again and stops at the first page in which nothing could be
+/// retried, so a thousand envelope-less jobs at the old end would hide every
+/// job behind them. Here the whole set is listed first (a job dying
+/// meanwhile shifts the pages, hence the de-duplication), then the jobs with
+/// an envelope are retried by id.
+async fn retry_all(admin: &QueueAdmin, queue: &str) -> anyhow::Result<(u64, u64)> {
+    let mut seen = HashSet::new();
+    let mut retryable = Vec::new();
+    let mut skipped = 0_u64;
+    let mut offset = 0;
+    loop {
+        let page = admin.dead_list(queue, offset, RETRY_PAGE).await?;
+        offset += RETRY_PAGE;
+        if page.is_empty() && offset >= admin.stats(queue).await?.dead as usize {
+            break;
+        }
+        for job in page {
+            if !seen.insert(job.id.clone()) {
+                continue;
+            }
+            if job.envelope.is_some() {
+                retryable.push(job.id);
+            } else {
+                skipped += 1;
+            }
+        }
+    }
+    // The list is newest first; retry in the order the jobs died.
+    retryable.reverse();
+    let mut retried = 0;
+    for chunk in retryable.chunks(RETRY_PAGE) {
+        let n = admin.dead_retry(queue, DeadSelector::Ids(chunk.to_vec())).await?;
+        retried += n;
+        // Gone since it was listed (retried or purged by someone else).
+        skipped += chunk.len() as u64 - n;
+    }
+    Ok((retried, skipped))
 }
 
 fn selector(ids: &[String], all: bool, older_than_hours: Option<u64>) -> anyhow::Result<DeadSelector> {

@@ -3,10 +3,15 @@
 //! it left in the queues. Usage errors exit 2 (as clap's own do) and touch
 //! nothing.
 
-use std::process::{Command, Output};
+use std::{
+    process::{Command, Output},
+    time::Duration,
+};
 
-use tally_queue::{QueueAdmin, QueueClient, QueueConfig, QueueKeys};
+use tally_jobs::{CalculatePoints, Job as _, Priority};
+use tally_queue::{JobContext, JobError, Producer, QueueAdmin, QueueClient, QueueConfig, QueueKeys, Worker};
 use tally_testkit::TestRedis;
+use tokio::sync::oneshot;
 
 /// Runs `tally args…` with only the queue settings in its environment.
 fn tally(redis: &TestRedis, args: &[&str]) -> Output {
@@ -51,6 +56,85 @@ async fn bury_without_envelope(redis: &TestRedis, keys: &QueueKeys, dead: &[(Str
         }
         let () = pipe.query_async(&mut conn).await.expect("bury");
     }
+}
+
+/// Enqueues `n` `CalculatePoints` jobs and lets a worker give each up, so
+/// they land in the dead set with their envelopes, the way real jobs do.
+async fn bury_real_jobs(client: &QueueClient, n: i64) -> Vec<String> {
+    let producer = Producer::new(client.clone());
+    let mut ids = Vec::new();
+    for match_id in 1..=n {
+        let job = CalculatePoints {
+            match_id,
+            priority: Priority::Normal,
+        };
+        ids.push(producer.enqueue(&job).await.expect("enqueue").id);
+    }
+    let worker = Worker::builder(client.clone(), CalculatePoints::QUEUE)
+        .handle(|_job: CalculatePoints, _ctx: JobContext| async {
+            Err::<(), _>(JobError::GiveUp("broken on purpose".into()))
+        })
+        .build()
+        .expect("worker");
+    let (stop, stopped) = oneshot::channel::<()>();
+    let running = tokio::spawn(worker.run_until(async move {
+        let _ = stopped.await;
+    }));
+    let admin = QueueAdmin::new(client.clone());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while admin.stats(CalculatePoints::QUEUE).await.expect("stats").dead < n as u64 {
+        assert!(tokio::time::Instant::now() < deadline, "jobs did not die");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = stop.send(());
+    running.await.expect("joined").expect("worker stops");
+    ids
+}
+
+#[tokio::test]
+async fn dead_retry_all_goes_past_pages_of_jobs_without_envelopes() {
+    let redis = tally_testkit::redis().await;
+    let client = client(&redis);
+    let admin = QueueAdmin::new(client.clone());
+    let queue = CalculatePoints::QUEUE;
+    let real = bury_real_jobs(&client, 20).await;
+    // More envelope-less jobs than one page of the engine's retry, all
+    // older than the real ones, so they fill the first pages.
+    let now = tally_queue::now_ms();
+    let ghosts: Vec<(String, u64)> = (0..1500_u64)
+        .map(|i| (format!("ghost-{i}"), now - 3_600_000 - i))
+        .collect();
+    bury_without_envelope(&redis, &client.keys(queue), &ghosts).await;
+    assert_eq!(admin.stats(queue).await.expect("stats").dead, 1520);
+
+    let out = tally(&redis, &["queue", "dead", "retry", "--queue", queue, "--all"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("20 dead job(s) of stats put back on the ready list"),
+        "{text}"
+    );
+    assert!(text.contains("1500 skipped"), "{text}");
+    let stats = admin.stats(queue).await.expect("stats");
+    assert_eq!(stats.ready, 20, "every job with an envelope is back: {stats:?}");
+    assert_eq!(
+        stats.dead, 1500,
+        "the envelope-less ones stay for inspection: {stats:?}"
+    );
+    for id in &real {
+        assert!(
+            admin.dead_get(queue, id).await.expect("get").is_none(),
+            "{id} still dead"
+        );
+    }
+
+    // Nothing left to retry: a second run says so and changes nothing.
+    let again = tally(&redis, &["--json", "queue", "dead", "retry", "--queue", queue, "--all"]);
+    assert!(again.status.success(), "{}", stderr(&again));
+    let summary: serde_json::Value = serde_json::from_slice(&again.stdout).expect("JSON");
+    assert_eq!(summary["retried"], 0, "{summary}");
+    assert_eq!(summary["skipped"], 1500, "{summary}");
+    assert_eq!(admin.stats(queue).await.expect("stats").ready, 20);
 }
 
 #[tokio::test]
