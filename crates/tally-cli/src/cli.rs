@@ -31,6 +31,17 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// Parses a match or competition id. Ids start at 1 (the job schemas say
+/// `minimum: 1`, and the database's identity columns agree), so 0 is a usage
+/// error here rather than a job bound for the dead set.
+fn id(value: &str) -> Result<i64, String> {
+    let id: i64 = value.parse().map_err(|e| format!("{e}"))?;
+    if id < 1 {
+        return Err("ids start at 1".into());
+    }
+    Ok(id)
+}
+
 /// The largest `--older-than-hours`: the engine takes the age in
 /// milliseconds as a `u64`, and beyond this the multiplication would
 /// overflow (or, in a release build, wrap around to a short age and purge
@@ -121,6 +132,7 @@ pub enum MatchCommand {
     /// Record a final score (one transaction) and enqueue its scoring.
     Finish {
         /// Match id.
+        #[arg(value_parser = id)]
         id: i64,
         /// Home goals.
         home: i32,
@@ -130,11 +142,13 @@ pub enum MatchCommand {
     /// Mark a match postponed (its predictions are voided) and enqueue its scoring.
     Postpone {
         /// Match id.
+        #[arg(value_parser = id)]
         id: i64,
     },
     /// Mark a match cancelled (its predictions are voided) and enqueue its scoring.
     Cancel {
         /// Match id.
+        #[arg(value_parser = id)]
         id: i64,
     },
 }
@@ -201,6 +215,7 @@ pub enum EnqueueCommand {
     /// Enqueue ScoreMatch for a match.
     ScoreMatch {
         /// Match id.
+        #[arg(value_parser = id)]
         id: i64,
     },
     /// Enqueue a (deduplicated) RefreshViews.
@@ -215,7 +230,7 @@ pub enum EnqueueCommand {
 #[derive(Debug, Clone, Args)]
 pub struct LeaderboardArgs {
     /// Competition id (default: the overall leaderboard).
-    #[arg(long)]
+    #[arg(long, value_parser = id)]
     pub competition: Option<i64>,
     /// Rows to show.
     #[arg(long, default_value_t = 10)]
@@ -229,7 +244,7 @@ pub struct LeaderboardArgs {
 #[derive(Debug, Clone, Args)]
 pub struct StandingsArgs {
     /// Competition id.
-    #[arg(long)]
+    #[arg(long, value_parser = id)]
     pub competition: i64,
 }
 

@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use tally_jobs::{CalculatePoints, Job as _, Priority};
+use tally_jobs::{CalculatePoints, Job as _, Priority, ScoreMatch};
 use tally_queue::{JobContext, JobError, Producer, QueueAdmin, QueueClient, QueueConfig, QueueKeys, Worker};
 use tally_testkit::TestRedis;
 use tokio::sync::oneshot;
@@ -204,4 +204,38 @@ async fn purge_older_than_an_age_that_overflows_is_a_usage_error() {
     );
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(stdout(&out).trim(), "1 dead job(s) of stats purged");
+}
+
+#[tokio::test]
+async fn ids_below_one_are_refused_and_nothing_is_enqueued() {
+    let redis = tally_testkit::redis().await;
+    let admin = QueueAdmin::new(client(&redis));
+    let refused: [&[&str]; 6] = [
+        &["enqueue", "score-match", "0"],
+        &["match", "finish", "0", "2", "1"],
+        &["match", "postpone", "0"],
+        &["match", "cancel", "0"],
+        &["leaderboard", "--competition", "0"],
+        &["standings", "--competition", "0"],
+    ];
+    for args in refused {
+        let out = tally(&redis, args);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}{}", stdout(&out));
+        assert!(err.contains("'0'") && err.contains("ids start at 1"), "{args:?}: {err}");
+    }
+    // A negative id is not even an argument.
+    let out = tally(&redis, &["enqueue", "score-match", "--", "-5"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("ids start at 1"), "{}", stderr(&out));
+    assert_eq!(
+        admin.stats(ScoreMatch::QUEUE).await.expect("stats").ready,
+        0,
+        "nothing enqueued"
+    );
+
+    // Id 1 is fine.
+    let out = tally(&redis, &["enqueue", "score-match", "1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(admin.stats(ScoreMatch::QUEUE).await.expect("stats").ready, 1);
 }
