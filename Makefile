@@ -39,6 +39,10 @@ demo: deps ## Play a whole matchday through the real services on private Redis a
 bench: deps ## Queue benchmark beside BullMQ, and the pipeline benchmark; figures go to docs/BENCHMARKS.md
 	scripts/bench.sh
 
+.PHONY: soak
+soak: deps ## Soak benchmark: 1M jobs, two worker processes, one killed every 3 s; exactly-once, Redis memory, worker RSS
+	$(CARGO) run --quiet --release -p tally-queue --example soak
+
 .PHONY: check-deploy
 check-deploy: ## Lint the Dockerfile and compose file, validate the Kubernetes manifests offline, test the alert rules
 	scripts/validate-deploy.sh

@@ -100,7 +100,10 @@ impl Backoff {
         let capped = raw.min(self.max_ms);
         if self.jitter {
             let half = capped / 2;
-            half + ((capped - half) as f64 * unit.clamp(0.0, 1.0)) as u64
+            // The float product can round above the span for large delays:
+            // clamp, so a jittered delay never exceeds the cap.
+            let spread = ((capped - half) as f64 * unit.clamp(0.0, 1.0)) as u64;
+            half + spread.min(capped - half)
         } else {
             capped
         }

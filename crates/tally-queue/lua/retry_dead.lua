@@ -12,13 +12,15 @@
 -- KEYS[9] wake            list
 -- ARGV[1] wake marker cap
 -- ARGV[2] 'ids' (then ARGV[3..] are job ids) or 'oldest' (then ARGV[3] is
---         how many of the oldest dead jobs to retry)
+--         how many of the oldest dead jobs to retry, after skipping the
+--         ARGV[4] oldest, which the caller could not retry before)
 -- Returns: { retried count, skipped count } (skipped: not dead, or no
 --          envelope to retry, e.g. an id without a stored envelope)
 
 local ids
 if ARGV[2] == 'oldest' then
-  ids = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[3]) - 1)
+  local skip = tonumber(ARGV[4] or '0')
+  ids = redis.call('ZRANGE', KEYS[1], skip, skip + tonumber(ARGV[3]) - 1)
 else
   ids = {}
   for i = 3, #ARGV do

@@ -10,7 +10,7 @@ use tally_jobs::{Envelope, Priority};
 
 use crate::clock::{millis, now_ms};
 use crate::config::check_queue_name;
-use crate::producer::WAKE_CAP;
+use crate::keys::WAKE_CAP;
 use crate::{QueueClient, QueueError, QueueKeys, scheduler, scripts};
 
 /// Ready jobs per priority.
@@ -284,27 +284,42 @@ impl QueueAdmin {
     }
 
     /// Sends dead jobs back to their ready list with fresh attempt counts.
-    /// Returns how many were retried.
+    /// Returns how many were retried (see [`QueueAdmin::dead_retry_counted`]
+    /// for the skipped ones too).
     pub async fn dead_retry(&self, queue: &str, which: DeadSelector) -> Result<u64, QueueError> {
+        Ok(self.dead_retry_counted(queue, which).await?.0)
+    }
+
+    /// [`QueueAdmin::dead_retry`], returning (retried, skipped): skipped are
+    /// dead entries that cannot be retried (no stored envelope) or ids that
+    /// are not dead. `All` walks the whole dead set, past any number of
+    /// entries it has to skip.
+    pub async fn dead_retry_counted(&self, queue: &str, which: DeadSelector) -> Result<(u64, u64), QueueError> {
+        const PAGE: u64 = 1000;
         let keys = self.keys(queue)?;
-        let mut total = 0;
+        let (mut retried, mut skipped) = (0, 0);
         match which {
             DeadSelector::Ids(ids) => {
-                for chunk in ids.chunks(1000) {
-                    let (retried, _): (u64, u64) = self.retry_dead_call(&keys, "ids", chunk).await?;
-                    total += retried;
+                for chunk in ids.chunks(PAGE as usize) {
+                    let (r, s): (u64, u64) = self.retry_dead_call(&keys, "ids", chunk).await?;
+                    retried += r;
+                    skipped += s;
                 }
             }
             DeadSelector::All | DeadSelector::OlderThan(_) => loop {
-                let (retried, skipped): (u64, u64) =
-                    self.retry_dead_call(&keys, "oldest", &["1000".to_owned()]).await?;
-                total += retried;
-                if retried == 0 || retried + skipped < 1000 {
+                // Retried entries leave the dead set; skipped ones stay at
+                // its head, so the next page starts after them.
+                let (r, s): (u64, u64) = self
+                    .retry_dead_call(&keys, "oldest", &[PAGE.to_string(), skipped.to_string()])
+                    .await?;
+                retried += r;
+                skipped += s;
+                if r + s < PAGE {
                     break;
                 }
             },
         }
-        Ok(total)
+        Ok((retried, skipped))
     }
 
     async fn retry_dead_call(&self, keys: &QueueKeys, mode: &str, args: &[String]) -> Result<(u64, u64), QueueError> {

@@ -1,6 +1,7 @@
-//! Wall-clock time in milliseconds, the unit of every score and due time in
-//! Redis. Scripts never read Redis's clock: the caller passes `now`, so
-//! behaviour is the same on replicas and in tests.
+//! Wall-clock time in milliseconds on this host. Leases, due times and
+//! dead-set ages are judged by Redis's clock inside the scripts (see
+//! `lua/_shared.lua`); this host's clock only measures local durations and
+//! the distance of a due time from now, which the scripts keep.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -22,7 +23,8 @@ pub fn now_ms_f64() -> f64 {
         * 1000.0
 }
 
-/// A duration in whole milliseconds, at least 1.
+/// A duration in whole milliseconds, at least 1, at most `u64::MAX` (a
+/// huge duration saturates instead of wrapping around to a short one).
 pub(crate) fn millis(d: Duration) -> u64 {
-    (d.as_millis() as u64).max(1)
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
 }

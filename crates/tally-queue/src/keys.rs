@@ -7,6 +7,21 @@
 
 use tally_jobs::Priority;
 
+/// Most wake markers kept in `…:wake` (one per job made ready, up to this).
+pub(crate) const WAKE_CAP: u32 = 64;
+
+/// Most jobs one claim call asks for: a script's work must stay bounded
+/// however large the concurrency (the scripts themselves are safe at any
+/// size, see `call_unpacked` in `lua/_shared.lua`).
+pub(crate) const MAX_CLAIM_BATCH: usize = 1000;
+
+/// Most jobs one enqueue script call carries (a bigger batch is several
+/// calls, pipelined).
+pub(crate) const ENQUEUE_CHUNK: usize = 1000;
+
+/// Most jobs one promote or reap call moves (more means another call at once).
+pub(crate) const MOVE_BATCH: usize = 1000;
+
 /// Key names of one queue.
 #[derive(Debug, Clone)]
 pub struct QueueKeys {

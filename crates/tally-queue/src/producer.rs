@@ -10,16 +10,8 @@ use tally_jobs::{Envelope, Job, Priority, TraceContext};
 
 use crate::clock::now_ms;
 use crate::config::check_queue_name;
-use crate::keys::priority_letter;
+use crate::keys::{ENQUEUE_CHUNK, WAKE_CAP, priority_letter};
 use crate::{QueueClient, QueueError, scripts};
-
-/// Jobs per script call in a batch (bounded so one call never holds Redis long
-/// and stays within Lua's `unpack` limit).
-const BATCH_CHUNK: usize = 1000;
-
-/// Most wake markers one call pushes: enough to wake every idle worker of a
-/// large deployment, few enough that stale markers cost nothing.
-pub(crate) const WAKE_CAP: u32 = 64;
 
 /// What happened to an enqueued job.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -171,8 +163,8 @@ impl Producer {
         }
         let keys = self.client.keys(queue);
         let calls = envelopes
-            .chunks(BATCH_CHUNK)
-            .zip(encoded.chunks(BATCH_CHUNK))
+            .chunks(ENQUEUE_CHUNK)
+            .zip(encoded.chunks(ENQUEUE_CHUNK))
             .map(|(chunk, bodies)| {
                 let mut invocation = scripts::ENQUEUE_JOBS.prepare_invoke();
                 invocation

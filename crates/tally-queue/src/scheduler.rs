@@ -24,13 +24,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::clock::{millis, now_ms};
-use crate::producer::WAKE_CAP;
+use crate::keys::{MOVE_BATCH, WAKE_CAP};
 use crate::retry::RetryBackoff;
 use crate::worker::Shared;
 use crate::{JobEvent, QueueClient, QueueError, QueueKeys, scripts};
-
-/// Most jobs one promote or reap call moves (more means another call at once).
-const BATCH: usize = 1000;
 
 /// What one promote call did, on Redis's clock.
 #[derive(Debug, Clone, Copy)]
@@ -49,7 +46,7 @@ pub(crate) async fn promote_due(client: &QueueClient, keys: &QueueKeys) -> Resul
     for key in keys.ready_all() {
         invocation.key(key);
     }
-    invocation.key(keys.wake()).arg(0).arg(BATCH).arg(WAKE_CAP);
+    invocation.key(keys.wake()).arg(0).arg(MOVE_BATCH).arg(WAKE_CAP);
     let mut conn = client.conn();
     let reply = invocation.invoke_async(&mut conn).await.map_err(QueueError::from);
     let (moved, next, redis_now): (usize, i64, u64) = client.observe(reply)?;
@@ -70,7 +67,7 @@ pub(crate) struct Reaped {
     pub(crate) attempt: u32,
 }
 
-/// Recovers up to [`BATCH`] jobs whose lease expired by Redis's clock.
+/// Recovers up to [`MOVE_BATCH`] jobs whose lease expired by Redis's clock.
 pub(crate) async fn reap_expired(client: &QueueClient, keys: &QueueKeys) -> Result<Vec<Reaped>, QueueError> {
     let config = client.config();
     let mut invocation = scripts::REAP_EXPIRED.prepare_invoke();
@@ -85,7 +82,7 @@ pub(crate) async fn reap_expired(client: &QueueClient, keys: &QueueKeys) -> Resu
         .key(keys.dead_info())
         .key(keys.stats())
         .arg(0)
-        .arg(BATCH)
+        .arg(MOVE_BATCH)
         .arg(WAKE_CAP)
         .arg(config.dead_max_count)
         .arg(millis(config.dead_max_age));
@@ -126,7 +123,7 @@ pub(crate) async fn run_promoter(shared: Arc<Shared>, stop: CancellationToken) {
                 if promoted.moved > 0 {
                     debug!(queue = %shared.queue, moved = promoted.moved, "promoted due jobs");
                 }
-                if promoted.moved >= BATCH {
+                if promoted.moved >= MOVE_BATCH {
                     continue;
                 }
                 (
@@ -257,7 +254,7 @@ pub(crate) async fn run_reaper(shared: Arc<Shared>, stop: CancellationToken) {
                     for job in &reaped {
                         report_reaped(&shared, job);
                     }
-                    if reaped.len() < BATCH {
+                    if reaped.len() < MOVE_BATCH {
                         break;
                     }
                 }

@@ -600,3 +600,53 @@ async fn envelopes_above_the_size_limit_are_refused_at_enqueue() {
     assert_eq!(QueueConfig::default().max_envelope_bytes, 1024 * 1024);
     producer.enqueue(&Echo::new(2)).await.expect("a small one passes");
 }
+
+/// Retrying every dead job walks the whole dead set, past any number of
+/// entries that cannot be retried (no stored envelope), and says how many it
+/// skipped; purging by an age too large for milliseconds purges nothing
+/// instead of wrapping around to a short age.
+#[tokio::test]
+async fn retry_all_walks_past_unretriable_entries_and_huge_ages_purge_nothing() {
+    let (redis, client) = setup().await;
+    let keys = client.keys(QUEUE);
+    let mut conn = redis.connection().await;
+    // 1,500 dead entries without an envelope, an hour older than any real
+    // one (and younger than the dead set's age cap).
+    let an_hour_ago = tally_queue::now_ms() - 3_600_000;
+    let mut pipe = redis::pipe();
+    for i in 0..1500 {
+        pipe.zadd(keys.dead(), format!("ghost-{i}"), an_hour_ago + i).ignore();
+    }
+    let _: () = pipe.query_async(&mut conn).await.expect("ghosts");
+    let producer = Producer::new(client.clone());
+    let give_up = Echo {
+        max_attempts: Some(1),
+        ..Echo::new(1)
+    };
+    for n in 0..3 {
+        producer.enqueue(&Echo { n, ..give_up.clone() }).await.expect("enqueue");
+    }
+    let worker = Worker::builder(client.clone(), QUEUE)
+        .handle(|_job: Echo, _ctx: JobContext| async { Err::<(), _>(JobError::retry("no")) })
+        .build()
+        .expect("build");
+    let running = spawn(worker);
+    let admin = QueueAdmin::new(client.clone());
+    eventually("three real dead jobs", Duration::from_secs(10), || async {
+        admin.stats(QUEUE).await.expect("stats").dead == 1503
+    })
+    .await;
+    running.kill().await;
+    let purged = admin
+        .dead_purge(QUEUE, DeadSelector::OlderThan(Duration::MAX))
+        .await
+        .expect("purge by a huge age");
+    assert_eq!(purged, 0, "nothing died that long ago");
+    let (retried, skipped) = admin
+        .dead_retry_counted(QUEUE, DeadSelector::All)
+        .await
+        .expect("retry all");
+    assert_eq!((retried, skipped), (3, 1500));
+    let stats = admin.stats(QUEUE).await.expect("stats");
+    assert_eq!((stats.ready, stats.dead), (3, 1500));
+}

@@ -18,7 +18,10 @@
 //! # use futures::FutureExt as _;
 //! ```
 
+mod background;
+mod calls;
 mod context;
+mod driver;
 mod runtime;
 
 use std::collections::HashMap;

@@ -4,8 +4,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Shared, claim_call};
+use super::Shared;
 use crate::scheduler::reap_expired;
+use crate::worker::calls::{claim_call, report_acks};
+use crate::worker::runtime::Finished;
 use crate::{NoEvents, Producer, QueueAdmin, QueueClient, QueueConfig};
 
 const QUEUE: &str = "held";
@@ -121,10 +123,10 @@ async fn claims_and_acks_of_any_size_lose_nothing() {
         .await
         .expect("claim of 20,000");
     assert_eq!(reply.jobs.len(), TOTAL);
-    let acks: Vec<super::Finished> = reply
+    let acks: Vec<Finished> = reply
         .jobs
         .iter()
-        .map(|j| super::Finished {
+        .map(|j| Finished {
             id: j.id.clone(),
             token: j.token,
             kind: "job".into(),
@@ -154,7 +156,7 @@ async fn an_acknowledgement_sent_again_recognises_its_own_earlier_effect() {
         .await
         .expect("enqueue");
     let claimed = claim_call(&shared, 1, 1, &[], None).await.expect("claim").jobs;
-    let ack = || super::Finished {
+    let ack = || Finished {
         id: claimed[0].id.clone(),
         token: claimed[0].token,
         kind: "job".into(),
@@ -171,7 +173,7 @@ async fn an_acknowledgement_sent_again_recognises_its_own_earlier_effect() {
     );
     let again = claim_call(&shared, 0, 0, &[ack()], None).await.expect("ack again").acks;
     assert_eq!(again, vec![2], "already finished, not a stale token");
-    super::report_acks(&shared, vec![ack()], again, true);
+    report_acks(&shared, vec![ack()], again, true);
     let counters = &shared.counters;
     assert_eq!(
         (

@@ -1,0 +1,131 @@
+//! The small tasks beside a worker's driver: the waker and the heartbeat.
+
+use std::sync::{Arc, PoisonError};
+
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+use super::runtime::{LeaseTable, Shared};
+use crate::clock::millis;
+use crate::retry::RetryBackoff;
+use crate::{QueueError, scripts};
+
+/// Blocks on the wake list while the driver has nothing to claim, and tells
+/// the driver when a marker (or the idle-poll timeout) arrives.
+pub(super) async fn run_waker(
+    shared: Arc<Shared>,
+    mut arm: watch::Receiver<u64>,
+    woken: Arc<Notify>,
+    stop: CancellationToken,
+) {
+    let config = shared.client.config().clone();
+    let mut backoff = RetryBackoff::new(config.retry_backoff_min, config.retry_backoff_max);
+    let mut served = 0_u64;
+    let mut conn = None;
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            changed = arm.wait_for(|generation| *generation > served) => {
+                match changed {
+                    Ok(generation) => served = *generation,
+                    Err(_) => return,
+                }
+            }
+        }
+        if conn.is_none() {
+            match shared.client.dedicated_connection().await {
+                Ok(c) => conn = Some(c),
+                Err(err) => {
+                    let delay = backoff.next_delay();
+                    warn!(queue = %shared.queue, error = %err, ?delay, "wake connection failed; backing off");
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                    woken.notify_one();
+                    continue;
+                }
+            }
+        }
+        let Some(c) = conn.as_mut() else { continue };
+        let mut blpop_cmd = redis::cmd("BLPOP");
+        blpop_cmd.arg(shared.keys.wake()).arg(config.idle_poll.as_secs_f64());
+        let blpop = blpop_cmd.query_async::<Option<(String, String)>>(c);
+        // Redis answers a BLPOP by its own timeout at the latest; no answer a
+        // command timeout after that means the connection went silent (the
+        // peer vanished without a reset): drop it and connect again.
+        let bound = config.idle_poll + config.command_timeout;
+        let result = tokio::select! {
+            () = stop.cancelled() => return,
+            result = tokio::time::timeout(bound, blpop) => result.unwrap_or_else(|_| {
+                Err(redis::RedisError::from((
+                    redis::ErrorKind::Io,
+                    "no answer to BLPOP within its timeout plus the command timeout",
+                )))
+            }),
+        };
+        if let Err(err) = result {
+            conn = None;
+            let delay = backoff.next_delay();
+            warn!(queue = %shared.queue, error = %err, ?delay, "waiting for work failed; backing off");
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(delay) => {}
+            }
+        } else {
+            backoff.reset();
+        }
+        woken.notify_one();
+    }
+}
+
+/// Extends the leases of running attempts every heartbeat period; cancels
+/// the attempts whose claim is no longer current.
+pub(super) async fn run_heartbeat(shared: Arc<Shared>, leases: LeaseTable, stop: CancellationToken) {
+    let config = shared.client.config().clone();
+    let mut tick = tokio::time::interval(config.heartbeat_interval());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let snapshot: Vec<(String, u64)> = leases
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .keys()
+            .cloned()
+            .collect();
+        for chunk in snapshot.chunks(500) {
+            let mut invocation = scripts::EXTEND_LEASES.prepare_invoke();
+            invocation
+                .key(shared.keys.state())
+                .key(shared.keys.leases())
+                .arg(millis(config.lease));
+            for (id, token) in chunk {
+                invocation.arg(id).arg(*token);
+            }
+            let mut conn = shared.client.conn();
+            let result = invocation
+                .invoke_async::<Vec<i64>>(&mut conn)
+                .await
+                .map_err(QueueError::from);
+            match shared.client.observe(result) {
+                Ok(statuses) => {
+                    let table = leases.lock().unwrap_or_else(PoisonError::into_inner);
+                    for (key, status) in chunk.iter().zip(statuses) {
+                        if status == 0
+                            && let Some(cancel) = table.get(key)
+                        {
+                            let id = &key.0;
+                            warn!(queue = %shared.queue, %id, "lease lost; cancelling the attempt");
+                            cancel.cancel();
+                        }
+                    }
+                }
+                Err(err) => warn!(queue = %shared.queue, error = %err, "heartbeat failed"),
+            }
+        }
+    }
+}

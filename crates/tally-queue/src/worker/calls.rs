@@ -1,0 +1,298 @@
+//! The Redis calls of a worker's driver: claim (with the acknowledgements of
+//! finished jobs), acknowledge, report a failure, requeue at shutdown, and
+//! the retry loop around the background ones.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use redis::Value;
+use tracing::{debug, error, info, warn};
+
+use super::runtime::{Claimed, Finished, Shared};
+use crate::clock::{millis, now_ms};
+use crate::keys::WAKE_CAP;
+use crate::retry::RetryBackoff;
+use crate::{JobEvent, QueueError, scripts};
+
+/// What a finished claim call hands back.
+pub(super) struct ClaimDone {
+    pub(super) asked: usize,
+    pub(super) sent: Instant,
+    pub(super) acks: Vec<Finished>,
+    pub(super) request: ClaimRequest,
+    pub(super) result: Result<ClaimReply, QueueError>,
+}
+
+/// Identifies a claim call, so that it can be sent again after its reply was
+/// lost and get the same jobs back (see `claim_jobs.lua`).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ClaimRequest {
+    pub(super) id: u64,
+    pub(super) retry: bool,
+}
+
+/// Reply of the claim script: acknowledgement statuses, then claimed jobs.
+pub(super) struct ClaimReply {
+    pub(super) acks: Vec<i64>,
+    pub(super) jobs: Vec<Claimed>,
+}
+
+/// Acknowledges `acks` and claims up to `count` jobs, in one script call.
+pub(super) async fn claim_jobs(
+    shared: Arc<Shared>,
+    count: usize,
+    start_now: usize,
+    acks: Vec<Finished>,
+    request: ClaimRequest,
+) -> ClaimDone {
+    let sent = Instant::now();
+    let result = shared
+        .client
+        .observe(claim_call(&shared, count, start_now, &acks, Some(request)).await);
+    ClaimDone {
+        asked: count,
+        sent,
+        acks,
+        request,
+        result,
+    }
+}
+
+pub(super) async fn claim_call(
+    shared: &Shared,
+    count: usize,
+    start_now: usize,
+    acks: &[Finished],
+    request: Option<ClaimRequest>,
+) -> Result<ClaimReply, QueueError> {
+    let keys = &shared.keys;
+    let config = shared.client.config();
+    let mut invocation = scripts::CLAIM_JOBS.prepare_invoke();
+    for key in keys.ready_all() {
+        invocation.key(key);
+    }
+    invocation
+        .key(keys.jobs())
+        .key(keys.state())
+        .key(keys.leases())
+        .key(keys.token())
+        .key(keys.dedup())
+        .key(keys.wake())
+        .key(keys.stats())
+        .key(keys.claim_record(&shared.worker_id))
+        .arg(request.map_or_else(
+            || "-".to_owned(),
+            |r| format!("{}:{}", if r.retry { 'r' } else { 'n' }, r.id),
+        ))
+        .arg(millis(config.lease))
+        .arg(count)
+        .arg(start_now);
+    for job in acks {
+        invocation.arg(&job.id).arg(job.token);
+    }
+    let mut conn = shared.client.conn();
+    let reply: Vec<Value> = invocation.invoke_async(&mut conn).await?;
+    // Owned conversions: the envelopes move out of the reply without a copy.
+    let mut values = reply.into_iter();
+    let Some(ack_statuses) = values.next() else {
+        return Err(QueueError::Protocol("empty claim reply".into()));
+    };
+    let acks: Vec<i64> = redis::from_redis_value(ack_statuses)?;
+    let mut jobs = Vec::with_capacity(values.len() / 6);
+    while let Some(id) = values.next() {
+        let mut field = || {
+            values
+                .next()
+                .ok_or_else(|| QueueError::Protocol("claim reply not a multiple of 6".into()))
+        };
+        let (envelope, attempt, crashes, errors, token) = (field()?, field()?, field()?, field()?, field()?);
+        // Ids are bytes to Redis: one that is not UTF-8 (from another
+        // producer) must harm only its own job, not the whole reply.
+        let (id, bad_id) = match String::from_utf8(redis::from_redis_value::<Vec<u8>>(id)?) {
+            Ok(id) => (id, None),
+            Err(err) => (
+                String::from_utf8_lossy(err.as_bytes()).into_owned(),
+                Some(err.into_bytes()),
+            ),
+        };
+        jobs.push(Claimed {
+            id,
+            bad_id,
+            envelope: redis::from_redis_value(envelope)?,
+            attempt: redis::from_redis_value(attempt)?,
+            crashes: redis::from_redis_value(crashes)?,
+            errors: redis::from_redis_value(errors)?,
+            token: redis::from_redis_value(token)?,
+            held: jobs.len() >= start_now,
+        });
+    }
+    Ok(ClaimReply { acks, jobs })
+}
+
+/// Runs a Redis call until it succeeds, fails for good, or `give_up_after`
+/// passes; transient errors are retried with backoff.
+pub(crate) async fn with_retries<T, F, Fut>(
+    shared: &Shared,
+    what: &str,
+    give_up_after: Duration,
+    mut call: F,
+) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, QueueError>>,
+{
+    let config = shared.client.config();
+    let mut backoff = RetryBackoff::new(config.retry_backoff_min, config.retry_backoff_max);
+    let started = Instant::now();
+    loop {
+        match shared.client.observe(call().await) {
+            Ok(value) => return Some(value),
+            Err(err) if err.is_unavailable() && started.elapsed() < give_up_after => {
+                let delay = backoff.next_delay();
+                warn!(queue = %shared.queue, error = %err, ?delay, "{what} failed; retrying");
+                tokio::time::sleep(delay).await;
+            }
+            Err(err) => {
+                error!(queue = %shared.queue, error = %err, "{what} failed; giving up (the reaper will recover the job)");
+                return None;
+            }
+        }
+    }
+}
+
+/// How long background acknowledgements keep retrying while Redis is away.
+pub(super) fn ack_patience(shared: &Shared) -> Duration {
+    (shared.client.config().lease * 4).max(Duration::from_secs(30))
+}
+
+/// Acknowledges a batch of successful attempts.
+pub(super) async fn acknowledge(shared: Arc<Shared>, batch: Vec<Finished>) {
+    let keys = &shared.keys;
+    let mut tries = 0_u32;
+    let reply = with_retries(&shared, "acknowledgement", ack_patience(&shared), || {
+        tries += 1;
+        let mut invocation = scripts::COMPLETE_JOBS.prepare_invoke();
+        invocation
+            .key(keys.jobs())
+            .key(keys.state())
+            .key(keys.leases())
+            .key(keys.stats());
+        for job in &batch {
+            invocation.arg(&job.id).arg(job.token);
+        }
+        let mut conn = shared.client.conn();
+        async move { Ok::<Vec<i64>, QueueError>(invocation.invoke_async(&mut conn).await?) }
+    })
+    .await;
+    if let Some(reply) = reply {
+        report_acks(&shared, batch, reply, tries > 1);
+    }
+}
+
+/// Counts and reports acknowledged attempts (events for the completed ones).
+/// `retried`: the batch was sent before by a call that failed, so "already
+/// finished" (status 2) means that earlier call finished it.
+pub(super) fn report_acks(shared: &Shared, batch: Vec<Finished>, statuses: Vec<i64>, retried: bool) {
+    for (job, status) in batch.into_iter().zip(statuses) {
+        let ours = status == 1 || (status == 2 && (retried || job.resent));
+        if ours {
+            shared.counters.completed.fetch_add(1, Ordering::Relaxed);
+            debug!(queue = %shared.queue, id = %job.id, kind = %job.kind, attempt = job.attempt, "completed");
+            shared.events.on_completed(&JobEvent {
+                queue: shared.queue.clone(),
+                kind: Some(job.kind),
+                id: job.id,
+                attempt: job.attempt,
+                duration: Some(job.duration),
+                wait: job.wait,
+                error: None,
+            });
+        } else if status == 2 {
+            shared.counters.stale.fetch_add(1, Ordering::Relaxed);
+            warn!(queue = %shared.queue, id = %job.id, token = job.token, "completion not recorded: the job was recovered and already finished elsewhere");
+        } else {
+            shared.counters.stale.fetch_add(1, Ordering::Relaxed);
+            warn!(queue = %shared.queue, id = %job.id, token = job.token, "completion rejected: stale token (the job was recovered and runs again elsewhere)");
+        }
+    }
+}
+
+/// Records a failed attempt: retry at `due` (ms), or dead when `due` < 0.
+pub(super) async fn report_failure(
+    shared: Arc<Shared>,
+    id: Vec<u8>,
+    token: u64,
+    due: i64,
+    reason: String,
+    event: JobEvent,
+) {
+    let keys = &shared.keys;
+    let config = shared.client.config();
+    let status = with_retries(&shared, "failure report", ack_patience(&shared), || {
+        let mut invocation = scripts::FAIL_JOB.prepare_invoke();
+        invocation
+            .key(keys.jobs())
+            .key(keys.state())
+            .key(keys.leases())
+            .key(keys.scheduled())
+            .key(keys.dead())
+            .key(keys.dead_envelopes())
+            .key(keys.dead_info())
+            .key(keys.stats())
+            .arg(&id)
+            .arg(token)
+            .arg(now_ms())
+            .arg(due)
+            .arg(&reason)
+            .arg(keys.due_channel())
+            .arg(config.dead_max_count)
+            .arg(millis(config.dead_max_age));
+        let mut conn = shared.client.conn();
+        async move { Ok::<i64, QueueError>(invocation.invoke_async(&mut conn).await?) }
+    })
+    .await;
+    match status {
+        Some(1) => {
+            shared.counters.retried.fetch_add(1, Ordering::Relaxed);
+            warn!(queue = %shared.queue, id = %event.id, attempt = event.attempt, error = %reason, "attempt failed; retry scheduled");
+            shared.events.on_failed(&event);
+        }
+        Some(2) => {
+            shared.counters.dead.fetch_add(1, Ordering::Relaxed);
+            // A warning, not an error: the `on_dead` hook is the reporting
+            // channel (one tagged Sentry event); an error-level log line
+            // would be a second, untagged event for the same job.
+            warn!(queue = %shared.queue, id = %event.id, attempt = event.attempt, error = %reason, "job moved to the dead set");
+            shared.events.on_dead(&event);
+        }
+        Some(_) => {
+            shared.counters.stale.fetch_add(1, Ordering::Relaxed);
+            warn!(queue = %shared.queue, id = %event.id, "failure report rejected: stale token");
+        }
+        None => {}
+    }
+}
+
+/// Puts unfinished attempts back at the head of their ready list.
+pub(super) async fn requeue(shared: &Arc<Shared>, jobs: &[(String, u64)], patience: Duration) {
+    let keys = &shared.keys;
+    let reply = with_retries(shared, "requeue at shutdown", patience, || {
+        let mut invocation = scripts::REQUEUE_JOBS.prepare_invoke();
+        invocation.key(keys.state()).key(keys.leases());
+        for key in keys.ready_all() {
+            invocation.key(key);
+        }
+        invocation.key(keys.wake()).arg(WAKE_CAP);
+        for (id, token) in jobs {
+            invocation.arg(id).arg(*token);
+        }
+        let mut conn = shared.client.conn();
+        async move { Ok::<Vec<i64>, QueueError>(invocation.invoke_async(&mut conn).await?) }
+    })
+    .await;
+    let moved = reply.map_or(0, |r| r.iter().filter(|s| **s == 1).count()) as u64;
+    shared.counters.requeued.fetch_add(moved, Ordering::Relaxed);
+    info!(queue = %shared.queue, requeued = moved, of = jobs.len(), "unfinished jobs put back at the head of the queue");
+}
