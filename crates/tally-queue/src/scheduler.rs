@@ -173,9 +173,11 @@ async fn listen_for_due_times(shared: Arc<Shared>, tx: mpsc::UnboundedSender<u64
     let config = shared.client.config().clone();
     let mut backoff = RetryBackoff::new(config.retry_backoff_min, config.retry_backoff_max);
     let channel = shared.keys.due_channel();
+    let mut attempt = 0_usize;
     loop {
+        attempt += 1;
         let subscribed = async {
-            let mut pubsub = shared.client.redis_client().get_async_pubsub().await?;
+            let mut pubsub = shared.client.pubsub_client(attempt).get_async_pubsub().await?;
             pubsub.subscribe(&channel).await?;
             Ok::<_, redis::RedisError>(pubsub)
         };

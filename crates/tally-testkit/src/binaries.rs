@@ -34,6 +34,17 @@ pub(crate) fn redis_server() -> Result<PathBuf> {
     })
 }
 
+/// The `redis-cli` program on `PATH` (Debian's `redis-tools`, which
+/// `redis-server` depends on), to create test clusters.
+pub(crate) fn redis_cli() -> Result<PathBuf> {
+    find_on_path("redis-cli").ok_or_else(|| {
+        anyhow!(
+            "tally-testkit: `redis-cli` not found on PATH; \
+             install the Debian package `redis-tools` (apt-get install redis-tools)"
+        )
+    })
+}
+
 /// The `faketime` program (Debian's `faketime`, libfaketime) on `PATH`, for
 /// tests that run a process on a shifted clock.
 pub fn faketime() -> Result<PathBuf> {

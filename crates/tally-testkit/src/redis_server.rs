@@ -106,6 +106,15 @@ impl RedisServer {
         }
     }
 
+    /// Kills the server with `SIGKILL`, as a crash would: nothing is
+    /// flushed (with AOF `everysec`, up to a second of writes is lost).
+    pub async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            process::stop(&mut child, "KILL", STOP_GRACE).await;
+            self.dir.clear_server_pid();
+        }
+    }
+
     /// Stops the server if it runs, then starts it again on the same port
     /// with the same directory, so with [`RedisOptions::appendonly`] the data
     /// survives.
