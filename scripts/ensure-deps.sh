@@ -8,6 +8,8 @@ set -euo pipefail
 
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+# redis-cli creates the test clusters (Debian ships it in redis-tools).
+command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
 
 have_postgres() {
   command -v initdb >/dev/null 2>&1 && command -v postgres >/dev/null 2>&1 && return 0
