@@ -4,6 +4,9 @@
 -- removed). The repair path and the bulk path after seeding; the caller has
 -- locked all users in id order first. Only changed rows are written and
 -- listed in leaderboard_changes, so on consistent data it writes nothing.
+-- It also removes the repair markers (match_pipeline_pending) of every final
+-- match whose predictions are all scored or voided in the same snapshot the
+-- totals are computed from: their points are in these totals now.
 WITH per_competition AS (
     SELECT p.user_id,
            m.competition_id,
@@ -48,6 +51,21 @@ all_changes AS (
     SELECT board_id, user_id FROM changed
     UNION ALL
     SELECT board_id, user_id FROM stale
+),
+settled AS (
+    DELETE FROM match_pipeline_pending AS pp
+    USING (
+        SELECT p.match_id, p.generation
+        FROM match_pipeline_pending AS p
+        JOIN matches AS m ON m.id = p.match_id
+        WHERE (m.status = 'finished'
+               AND NOT EXISTS (SELECT 1 FROM predictions AS q WHERE q.match_id = m.id AND q.points IS NULL))
+           OR (m.status IN ('postponed', 'cancelled')
+               AND NOT EXISTS (SELECT 1 FROM predictions AS q WHERE q.match_id = m.id AND NOT q.voided))
+    ) AS s
+    -- A marker renewed meanwhile (new generation) is for newer work: kept.
+    WHERE pp.match_id = s.match_id AND pp.generation = s.generation
+    RETURNING pp.match_id
 ),
 logged AS (
     INSERT INTO leaderboard_changes (board_ids, user_ids)

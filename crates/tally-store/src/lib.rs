@@ -12,6 +12,8 @@
 //! - [`scoring`]: results, status changes, scoring rules.
 //! - [`points`]: per-user totals, incrementally.
 //! - [`views`]: refresh and reads of leaderboards and standings.
+//! - [`outbox`]: jobs committed with their data, relayed to the queue.
+//! - [`repair`]: the matches whose result never reached the totals.
 //! - [`tx`]: how transactions start: explicit isolation, deadline-bounded
 //!   statement and lock timeouts ([`tx::Budget`]).
 //! - [`model`]: the plain types they exchange.
@@ -27,7 +29,9 @@ pub mod error;
 mod locks;
 pub mod migrate;
 pub mod model;
+pub mod outbox;
 pub mod points;
+pub mod repair;
 pub mod scoring;
 pub mod seed;
 pub mod store;

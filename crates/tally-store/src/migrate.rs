@@ -38,6 +38,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "leaderboards_and_standings",
         sql: include_str!("../migrations/0002_leaderboards_and_standings.sql"),
     },
+    Migration {
+        version: 3,
+        name: "outbox_and_repair",
+        sql: include_str!("../migrations/0003_outbox_and_repair.sql"),
+    },
 ];
 
 /// A migration applied by one [`migrate`] call.

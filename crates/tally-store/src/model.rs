@@ -184,6 +184,9 @@ pub struct RecordOutcome {
     pub competition_id: i64,
     /// False when the same result was already recorded (an idempotent repeat).
     pub changed: bool,
+    /// The outbox row of the job written in the same transaction, if one
+    /// was asked for (`record_result_with_job`, `set_match_status_with_job`).
+    pub job_row: Option<i64>,
 }
 
 /// What [`crate::Store::score_match`] did.

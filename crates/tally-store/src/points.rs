@@ -6,7 +6,8 @@
 //! who predicted one match from all their predictions (a full recompute of a
 //! few users, not an increment, so repeats and reorderings are harmless) and
 //! lists every row that changed in `leaderboard_changes` for the next
-//! refresh, in the same transaction.
+//! refresh, in the same transaction, which also removes the match's repair
+//! marker (`match_pipeline_pending`, see [`crate::repair`]).
 //!
 //! Concurrency: two runs for different matches of the same users would each
 //! compute totals from their own snapshot, and the later writer could store
@@ -47,7 +48,8 @@ pub async fn calculate_points(client: &mut Client, match_id: i64, budget: Budget
                     (SELECT count(*) FROM predictions AS p
                      WHERE p.match_id = m.id AND p.points IS NULL AND NOT p.voided),
                     (SELECT count(*) FROM predictions AS p
-                     WHERE p.match_id = m.id AND NOT p.voided)
+                     WHERE p.match_id = m.id AND NOT p.voided),
+                    (SELECT generation FROM match_pipeline_pending AS pp WHERE pp.match_id = m.id)
              FROM matches AS m
              WHERE m.id = $1
              FOR SHARE OF m",
@@ -59,6 +61,11 @@ pub async fn calculate_points(client: &mut Client, match_id: i64, budget: Budget
     let competition_id: i64 = row.get(1);
     let unscored: i64 = row.get(2);
     let unvoided: i64 = row.get(3);
+    // The repair marker as it was when the match was share-locked: any later
+    // change of the match waits for this transaction, so this calculation
+    // covers everything the marker stands for (a marker renewed by a late
+    // prediction gets a new generation and stays).
+    let marker: Option<i64> = row.get(4);
     let pending = match status {
         MatchStatus::Finished => unscored,
         MatchStatus::Postponed | MatchStatus::Cancelled => unvoided,
@@ -91,6 +98,15 @@ pub async fn calculate_points(client: &mut Client, match_id: i64, budget: Budget
         .query_one(CALCULATE_POINTS_SQL, &[&users, &competition_id])
         .await?
         .get(0);
+    if let Some(generation) = marker {
+        // The match's points are in the totals as of this commit: it is no
+        // longer owed anything (see crate::repair).
+        tx.execute(
+            "DELETE FROM match_pipeline_pending WHERE match_id = $1 AND generation = $2",
+            &[&match_id, &generation],
+        )
+        .await?;
+    }
     tx.commit().await?;
     Ok(PointsOutcome {
         match_id,

@@ -13,10 +13,11 @@
 //! postponed match is rescheduled its predictions become pending again.
 
 use serde::Serialize;
-use tokio_postgres::{Client, IsolationLevel};
+use tokio_postgres::{Client, IsolationLevel, Transaction};
 
 use crate::error::StoreError;
 use crate::model::{MatchStatus, RecordOutcome, ScoreOutcome};
+use crate::outbox;
 use crate::tx::{self, Budget};
 
 /// Highest number of goals accepted for one side, in results and predictions.
@@ -97,6 +98,22 @@ pub async fn record_result(
     away: i32,
     budget: Budget,
 ) -> Result<RecordOutcome, StoreError> {
+    record_result_with_job(client, match_id, home, away, None, budget).await
+}
+
+/// [`record_result`], and, in the same transaction, the job envelope `job`
+/// into the outbox (see [`crate::outbox`]): the result and its job commit
+/// together or not at all. The job is written on a repeat of the same
+/// result too (the caller asked for the work again); on an error, nothing
+/// is. The outcome's `job_row` is the outbox row.
+pub async fn record_result_with_job(
+    client: &mut Client,
+    match_id: i64,
+    home: i32,
+    away: i32,
+    job: Option<&serde_json::Value>,
+    budget: Budget,
+) -> Result<RecordOutcome, StoreError> {
     validate_score(home, away)?;
     // READ COMMITTED: the decision is made on the row as locked by FOR
     // UPDATE, which at this level is the latest committed version (a
@@ -118,10 +135,13 @@ pub async fn record_result(
             let recorded_home: i32 = row.get(1);
             let recorded_away: i32 = row.get(2);
             if (recorded_home, recorded_away) == (home, away) {
+                let job_row = write_job(&tx, job).await?;
+                tx.commit().await?;
                 return Ok(RecordOutcome {
                     match_id,
                     competition_id,
                     changed: false,
+                    job_row,
                 });
             }
             return Err(StoreError::ResultConflict {
@@ -148,12 +168,22 @@ pub async fn record_result(
         &[&match_id, &home, &away],
     )
     .await?;
+    let job_row = write_job(&tx, job).await?;
     tx.commit().await?;
     Ok(RecordOutcome {
         match_id,
         competition_id,
         changed: true,
+        job_row,
     })
+}
+
+/// Writes `job` (if any) into the outbox inside `tx`.
+async fn write_job(tx: &Transaction<'_>, job: Option<&serde_json::Value>) -> Result<Option<i64>, StoreError> {
+    match job {
+        Some(envelope) => Ok(Some(outbox::enqueue_in(tx, envelope).await?)),
+        None => Ok(None),
+    }
 }
 
 /// Whether a match may move from one status to another through
@@ -180,6 +210,18 @@ pub async fn set_match_status(
     to: MatchStatus,
     budget: Budget,
 ) -> Result<RecordOutcome, StoreError> {
+    set_match_status_with_job(client, match_id, to, None, budget).await
+}
+
+/// [`set_match_status`], and, in the same transaction, the job envelope
+/// `job` into the outbox (as [`record_result_with_job`] does).
+pub async fn set_match_status_with_job(
+    client: &mut Client,
+    match_id: i64,
+    to: MatchStatus,
+    job: Option<&serde_json::Value>,
+    budget: Budget,
+) -> Result<RecordOutcome, StoreError> {
     // READ COMMITTED, as in record_result: the transition is checked against
     // the row as locked by FOR UPDATE, the latest committed version.
     let tx = tx::begin(client, IsolationLevel::ReadCommitted, budget).await?;
@@ -196,10 +238,13 @@ pub async fn set_match_status(
         return Err(StoreError::InvalidTransition { match_id, from, to });
     }
     if from == to {
+        let job_row = write_job(&tx, job).await?;
+        tx.commit().await?;
         return Ok(RecordOutcome {
             match_id,
             competition_id,
             changed: false,
+            job_row,
         });
     }
     tx.execute(
@@ -215,11 +260,13 @@ pub async fn set_match_status(
         )
         .await?;
     }
+    let job_row = write_job(&tx, job).await?;
     tx.commit().await?;
     Ok(RecordOutcome {
         match_id,
         competition_id,
         changed: true,
+        job_row,
     })
 }
 

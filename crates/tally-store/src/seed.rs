@@ -524,6 +524,13 @@ pub async fn seed(
             .await?;
     }
 
+    // The repair trigger on predictions would collect every copied row in a
+    // transition table to find predictions added to final matches; these
+    // arrive already scored, and the totals are rebuilt below (which also
+    // clears the markers the copied finished matches got). Off for the COPY.
+    tx.batch_execute("ALTER TABLE predictions DISABLE TRIGGER predictions_pipeline_insert")
+        .await?;
+
     // Predictions: user by user, each picking distinct matches (Floyd's
     // algorithm: exactly k draws, no retries, deterministic order).
     let base = options.predictions / users;
@@ -584,6 +591,9 @@ pub async fn seed(
         },
     )
     .await?;
+
+    tx.batch_execute("ALTER TABLE predictions ENABLE TRIGGER predictions_pipeline_insert")
+        .await?;
 
     if !foreign_keys.is_empty() {
         let adds: Vec<String> = foreign_keys

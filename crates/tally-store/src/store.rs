@@ -19,6 +19,7 @@
 //! it. A connection whose operation finished (with or without an error) goes
 //! back as usual; a failed transaction has already been rolled back.
 
+use std::future::Future;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
@@ -33,7 +34,7 @@ use crate::model::{
 };
 use crate::seed::{SeedOptions, SeedProgress, SeedSummary};
 use crate::tx::{Budget, MIN_TIMEOUT};
-use crate::{points, scoring, seed, views};
+use crate::{outbox, points, repair, scoring, seed, views};
 
 /// How long an operation waits for a free pooled connection before failing
 /// with a (transient) pool error; less when its budget has less left.
@@ -257,6 +258,105 @@ impl Store {
         let budget = self.budget;
         self.retrying_races("set_match_status", |client| {
             Box::pin(scoring::set_match_status(client, match_id, status, budget))
+        })
+        .await
+    }
+
+    /// Records a final score and writes `job` (a job envelope, see
+    /// [`crate::outbox`]) into the outbox in the same transaction (see
+    /// [`scoring::record_result_with_job`]).
+    #[tracing::instrument(name = "db record_result", skip(self, job), fields(db.system = "postgresql", otel.kind = "client"))]
+    pub async fn record_result_with_job(
+        &self,
+        match_id: i64,
+        home: i32,
+        away: i32,
+        job: &serde_json::Value,
+    ) -> Result<RecordOutcome, StoreError> {
+        let budget = self.budget;
+        self.retrying_races("record_result", |client| {
+            let job = job.clone();
+            Box::pin(
+                async move { scoring::record_result_with_job(client, match_id, home, away, Some(&job), budget).await },
+            )
+        })
+        .await
+    }
+
+    /// Changes a match's status and writes `job` into the outbox in the same
+    /// transaction (see [`scoring::set_match_status_with_job`]).
+    #[tracing::instrument(name = "db set_match_status", skip(self, job), fields(db.system = "postgresql", otel.kind = "client"))]
+    pub async fn set_match_status_with_job(
+        &self,
+        match_id: i64,
+        status: MatchStatus,
+        job: &serde_json::Value,
+    ) -> Result<RecordOutcome, StoreError> {
+        let budget = self.budget;
+        self.retrying_races("set_match_status", |client| {
+            let job = job.clone();
+            Box::pin(
+                async move { scoring::set_match_status_with_job(client, match_id, status, Some(&job), budget).await },
+            )
+        })
+        .await
+    }
+
+    /// Writes a job envelope into the outbox as a transaction of its own and
+    /// returns the row id (see [`outbox::enqueue_in`] to write one inside a
+    /// transaction of yours).
+    pub async fn enqueue_outbox(&self, envelope: &serde_json::Value) -> Result<i64, StoreError> {
+        let mut lent = self.lend().await?;
+        let result = outbox::enqueue_in(&**lent.client(), envelope).await;
+        lent.finish();
+        result
+    }
+
+    /// One relay step (see [`outbox::relay_batch`]): up to `limit` rows to
+    /// `push`, then deleted or marked in the same transaction.
+    pub async fn relay_outbox<F, Fut>(&self, limit: i64, push: F) -> Result<outbox::BatchOutcome, StoreError>
+    where
+        F: FnOnce(Vec<outbox::OutboxRow>) -> Fut,
+        Fut: Future<Output = Vec<outbox::Pushed>>,
+    {
+        let mut lent = self.lend().await?;
+        let result = outbox::relay_batch(lent.client(), limit, self.budget, push).await;
+        lent.finish();
+        result
+    }
+
+    /// Deletes the outbox row of a job about to be acknowledged (see
+    /// [`outbox::settle`]); true when the row was still there.
+    pub async fn settle_outbox(&self, row_id: i64) -> Result<bool, StoreError> {
+        let budget = self.budget;
+        self.retrying_races("settle_outbox", |client| {
+            Box::pin(outbox::settle(client, row_id, budget))
+        })
+        .await
+    }
+
+    /// The outbox's waiting and rejected rows (see [`outbox::backlog`]).
+    pub async fn outbox_backlog(&self) -> Result<outbox::Backlog, StoreError> {
+        let mut lent = self.lend().await?;
+        let result = outbox::backlog(&**lent.client()).await;
+        lent.finish();
+        result
+    }
+
+    /// The oldest matches owed work, older than `grace_secs`, at most
+    /// `limit` (see [`repair::scan`]).
+    pub async fn repair_scan(&self, grace_secs: f64, limit: i64) -> Result<repair::Scan, StoreError> {
+        let mut lent = self.lend().await?;
+        let result = repair::scan(lent.client(), grace_secs, limit, self.budget).await;
+        lent.finish();
+        result
+    }
+
+    /// Removes a marker owed nothing (see [`repair::clear_stale`]).
+    pub async fn clear_stale_marker(&self, match_id: i64, generation: i64) -> Result<bool, StoreError> {
+        let budget = self.budget;
+        self.retrying_races("clear_stale_marker", |client| {
+            Box::pin(repair::clear_stale(client, match_id, generation, budget))
         })
         .await
     }

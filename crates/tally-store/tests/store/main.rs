@@ -4,8 +4,9 @@
 //! them); each test gets its own database cloned from a migrated template.
 //! Modules follow the checklist: scoring rules, constraints,
 //! migrations, idempotency and concurrency, readers during refreshes, a
-//! property test against a brute-force recomputation, and the bounds of a
-//! job attempt's database work (timeouts, cancellation, isolation, races).
+//! property test against a brute-force recomputation, the bounds of a
+//! job attempt's database work (timeouts, cancellation, isolation, races),
+//! the job outbox and the repair work list.
 
 mod attempts;
 mod common;
@@ -13,7 +14,9 @@ mod concurrency;
 mod constraints;
 mod isolation;
 mod migrations;
+mod outbox;
 mod property;
 mod races;
 mod readers;
+mod repair;
 mod scoring;
