@@ -223,3 +223,43 @@ async fn fencing_tokens_never_repeat_after_redis_loses_its_last_writes() {
         first[0].token
     );
 }
+
+#[test]
+fn a_huge_backoff_or_retry_after_cannot_overflow_the_due_time() {
+    use tally_jobs::{Backoff, BackoffKind, JobPolicy};
+
+    use crate::worker::JobError;
+    use crate::worker::driver::decide;
+    use crate::worker::runtime::Running;
+
+    let running = |backoff| Running {
+        id: "x".into(),
+        token: 1,
+        kind: "job".into(),
+        attempt: 1,
+        errors: 0,
+        policy: JobPolicy {
+            max_attempts: 50,
+            backoff,
+            ..JobPolicy::default()
+        },
+        started: std::time::Instant::now(),
+        wait: None,
+        cancel: tokio_util::sync::CancellationToken::new(),
+    };
+    let huge = Backoff {
+        kind: BackoffKind::Exponential,
+        base_ms: u64::MAX,
+        max_ms: u64::MAX,
+        jitter: true,
+    };
+    let now = i64::try_from(crate::now_ms()).expect("now");
+    let year_ms = 366 * 24 * 3_600_000;
+    for error in [
+        JobError::Retry("boom".into()),
+        JobError::RetryAfter(Duration::MAX, "later".into()),
+    ] {
+        let (due, _) = decide(&running(huge), &error);
+        assert!(due > now && due <= now + year_ms, "due {due} for {error:?}");
+    }
+}
