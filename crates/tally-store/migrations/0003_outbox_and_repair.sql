@@ -66,6 +66,8 @@ CREATE SEQUENCE match_pipeline_generation;
 
 CREATE TABLE match_pipeline_pending (
     match_id   bigint PRIMARY KEY REFERENCES matches (id) ON DELETE CASCADE,
+    -- When the match last got work: a change that needs the pipeline, or a
+    -- repair that enqueued its jobs (which moves it to the back of the line).
     marked_at  timestamptz NOT NULL DEFAULT now(),
     generation bigint NOT NULL DEFAULT nextval('match_pipeline_generation')
 );

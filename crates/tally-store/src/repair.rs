@@ -113,6 +113,28 @@ pub async fn scan(client: &mut Client, grace_secs: f64, limit: i64, budget: Budg
     })
 }
 
+/// Moves the markers of matches a repair just enqueued work for to the back
+/// of the line (`marked_at = now()`): they are not repaired again before
+/// another grace period, and a match whose jobs keep failing never holds a
+/// place in every batch, ahead of the ones behind it. A marker renewed since
+/// the scan (another generation) is left as it is. `repaired` holds
+/// (match id, generation read) pairs; returns the markers moved.
+pub async fn touch(client: &mut Client, repaired: &[(i64, i64)], budget: Budget) -> Result<u64, StoreError> {
+    let (matches, generations): (Vec<i64>, Vec<i64>) = repaired.iter().copied().unzip();
+    let tx = tx::begin(client, IsolationLevel::ReadCommitted, budget).await?;
+    let moved = tx
+        .execute(
+            "UPDATE match_pipeline_pending AS p
+             SET marked_at = now()
+             FROM unnest($1::bigint[], $2::bigint[]) AS r (match_id, generation)
+             WHERE p.match_id = r.match_id AND p.generation = r.generation",
+            &[&matches, &generations],
+        )
+        .await?;
+    tx.commit().await?;
+    Ok(moved)
+}
+
 /// Removes a marker that is owed nothing (its match is scheduled or live
 /// again), unless it was renewed since the scan read `generation`. Returns
 /// whether it was removed.

@@ -352,6 +352,16 @@ impl Store {
         result
     }
 
+    /// Sends repaired markers to the back of the line (see [`repair::touch`]).
+    pub async fn repair_touch(&self, repaired: &[(i64, i64)]) -> Result<u64, StoreError> {
+        let budget = self.budget;
+        self.retrying_races("repair_touch", |client| {
+            let repaired = repaired.to_vec();
+            Box::pin(async move { repair::touch(client, &repaired, budget).await })
+        })
+        .await
+    }
+
     /// Removes a marker owed nothing (see [`repair::clear_stale`]).
     pub async fn clear_stale_marker(&self, match_id: i64, generation: i64) -> Result<bool, StoreError> {
         let budget = self.budget;

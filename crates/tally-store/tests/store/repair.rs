@@ -127,6 +127,29 @@ async fn scans_are_bounded_oldest_first_and_respect_the_grace_period() {
     assert_eq!(scan.lost.len(), 1);
     assert_eq!((scan.lost[0].match_id, scan.remaining), (matches[3], 0));
 
+    // Repaired markers go to the back of the line; a renewed one (another
+    // generation) is not moved.
+    let read: Vec<(i64, i64)> = store
+        .repair_scan(0.0, 2)
+        .await
+        .expect("scan")
+        .lost
+        .iter()
+        .map(|l| (l.match_id, l.generation))
+        .collect();
+    let renewed = (read[1].0, read[1].1 + 1_000);
+    assert_eq!(store.repair_touch(&[read[0], renewed]).await.expect("touch"), 1);
+    let order: Vec<i64> = store
+        .repair_scan(0.0, 10)
+        .await
+        .expect("scan")
+        .lost
+        .iter()
+        .map(|l| l.match_id)
+        .collect();
+    assert_eq!(order.first(), Some(&matches[0]), "the untouched one is now first");
+    assert_eq!(order.last(), Some(&matches[3]), "the touched one is last");
+
     for bad in [-1.0, f64::NAN, f64::INFINITY] {
         assert!(store.repair_scan(bad, 10).await.is_err(), "{bad}");
     }
