@@ -5,12 +5,14 @@
 //! enqueued only after the scores are committed, which is what orders the
 //! pipeline: no sleeps. A crash between the commit and the enqueue is
 //! harmless: the job is recovered, scoring again changes nothing, and the
-//! enqueue happens then.
+//! enqueue happens then. A job relayed from the outbox (`outbox-<n>`)
+//! deletes its outbox row before it is acknowledged
+//! (`tally_service::outbox::settling`).
 
 use tally_jobs::{CalculatePoints, Job, Priority, ScoreMatch};
 use tally_queue::{EnqueueOptions, JobContext, JobError, WorkerBuilder};
 use tally_service::{
-    WorkerDeps, observe,
+    WorkerDeps, observe, outbox,
     worker::{store_job_error, with_database},
 };
 
@@ -19,10 +21,14 @@ pub const QUEUE: &str = ScoreMatch::QUEUE;
 
 /// Registers the `ScoreMatch` handler.
 pub fn register(builder: WorkerBuilder, deps: WorkerDeps) -> WorkerBuilder {
-    builder.handle(observe::traced(move |job: ScoreMatch, ctx: JobContext| {
-        let deps = deps.clone();
-        async move { score_match(&deps, &job, &ctx).await }
-    }))
+    let store = deps.store.clone();
+    builder.handle(observe::traced(outbox::settling(
+        store,
+        move |job: ScoreMatch, ctx: JobContext| {
+            let deps = deps.clone();
+            async move { score_match(&deps, &job, &ctx).await }
+        },
+    )))
 }
 
 /// Scores the match's predictions, then chains `CalculatePoints`.

@@ -7,12 +7,14 @@
 //! points are committed, and a refresh that has started no longer absorbs
 //! new requests, every committed result is covered by some later refresh.
 //! `RefreshViews` refreshes leaderboards and/or standings without blocking
-//! readers (see `tally-store`).
+//! readers (see `tally-store`). Jobs relayed from the outbox (`outbox-<n>`)
+//! delete their outbox row before they are acknowledged
+//! (`tally_service::outbox::settling`).
 
 use tally_jobs::{CalculatePoints, Job, RefreshScope, RefreshViews};
 use tally_queue::{EnqueueOptions, JobContext, JobError, WorkerBuilder};
 use tally_service::{
-    WorkerDeps, observe,
+    WorkerDeps, observe, outbox,
     worker::{store_job_error, with_database},
 };
 use tally_store::model::Scope;
@@ -23,15 +25,22 @@ pub const QUEUE: &str = CalculatePoints::QUEUE;
 /// Registers the `CalculatePoints` and `RefreshViews` handlers.
 pub fn register(builder: WorkerBuilder, deps: WorkerDeps) -> WorkerBuilder {
     let points_deps = deps.clone();
+    let store = deps.store.clone();
     builder
-        .handle(observe::traced(move |job: CalculatePoints, ctx: JobContext| {
-            let deps = points_deps.clone();
-            async move { calculate_points(&deps, &job, &ctx).await }
-        }))
-        .handle(observe::traced(move |job: RefreshViews, ctx: JobContext| {
-            let deps = deps.clone();
-            async move { refresh_views(&deps, &job, &ctx).await }
-        }))
+        .handle(observe::traced(outbox::settling(
+            store.clone(),
+            move |job: CalculatePoints, ctx: JobContext| {
+                let deps = points_deps.clone();
+                async move { calculate_points(&deps, &job, &ctx).await }
+            },
+        )))
+        .handle(observe::traced(outbox::settling(
+            store,
+            move |job: RefreshViews, ctx: JobContext| {
+                let deps = deps.clone();
+                async move { refresh_views(&deps, &job, &ctx).await }
+            },
+        )))
 }
 
 /// Recalculates the affected users' points, then asks for a refresh.

@@ -3,12 +3,16 @@
 //! ([`settings`]), a shutdown future for SIGTERM/SIGINT ([`shutdown`]), and
 //! the `/healthz`, `/readyz` and `/metrics` endpoints ([`health`]), and the
 //! bootstrap both workers share ([`worker`]): connect Redis and Postgres,
-//! serve probes, run the queue worker until shutdown, with job metrics,
-//! Sentry reports and trace continuation ([`observe`]).
+//! serve probes, run the queue worker and the outbox relay ([`outbox`])
+//! until shutdown, with job metrics, Sentry reports and trace continuation
+//! ([`observe`]); and the repairing safety net the cron call runs
+//! ([`repair`]).
 
 pub mod health;
 pub mod http_client;
 pub mod observe;
+pub mod outbox;
+pub mod repair;
 pub mod settings;
 pub mod shutdown;
 pub mod worker;

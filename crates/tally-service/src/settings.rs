@@ -101,6 +101,23 @@ impl Env {
         }
     }
 
+    /// An on/off switch: `on`, `true`, `1`, `yes` or `off`, `false`, `0`,
+    /// `no` (any case); `default` when unset.
+    pub fn switch(&self, name: &'static str, default: bool) -> Result<bool, SettingsError> {
+        let Some(value) = self.raw(name) else {
+            return Ok(default);
+        };
+        match value.trim().to_ascii_lowercase().as_str() {
+            "on" | "true" | "1" | "yes" => Ok(true),
+            "off" | "false" | "0" | "no" => Ok(false),
+            _ => Err(SettingsError::Invalid {
+                name,
+                shown: format!("{value:?}"),
+                reason: "expected on or off".into(),
+            }),
+        }
+    }
+
     /// A duration given in whole seconds, within `min..=max` seconds.
     pub fn seconds(&self, name: &'static str, default: u64, min: u64, max: u64) -> Result<Duration, SettingsError> {
         self.number(name, default, min, max).map(Duration::from_secs)
@@ -198,6 +215,16 @@ mod tests {
         );
         assert_eq!(redact_url("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
         assert_eq!(redact_url("redis://:pw@r:6379/0"), "redis://:***@r:6379/0");
+    }
+
+    #[test]
+    fn switches_take_on_and_off_and_nothing_else() {
+        let env = Env::from_pairs([("A", "ON"), ("B", "false"), ("C", "sometimes")]);
+        assert!(env.switch("A", false).expect("on"));
+        assert!(!env.switch("B", true).expect("off"));
+        assert!(env.switch("UNSET", true).expect("default"));
+        let err = env.switch("C", true).expect_err("not a switch");
+        assert_eq!(err.to_string(), "invalid setting C=\"sometimes\": expected on or off");
     }
 
     #[test]

@@ -1,16 +1,19 @@
 //! The bootstrap both workers share: read [`WorkerSettings`], connect Redis
 //! and Postgres (lazily, so a dependency that is down at start delays work
 //! instead of crashing the pod), serve `/healthz` `/readyz` `/metrics` on
-//! `HEALTH_ADDR`, run the queue worker until the shutdown future resolves,
-//! then drain.
+//! `HEALTH_ADDR`, run the queue worker and the outbox relay
+//! ([`crate::outbox`], unless `OUTBOX_RELAY=off`) until the shutdown future
+//! resolves, then drain.
 //!
 //! A worker binary only names its queue and registers its handlers.
 
 use std::{future::Future, net::SocketAddr, time::Duration};
 
+use futures::FutureExt as _;
 use tally_queue::{Producer, QueueAdmin, QueueClient, QueueConfig, Worker, WorkerBuilder};
 use tally_store::Store;
 
+use crate::outbox::{Relay, RelaySettings};
 use crate::{Env, HealthServer, ReadinessCheck, SettingsError, observe, redact_url};
 
 /// Settings of a worker process, from the environment.
@@ -33,6 +36,9 @@ pub struct WorkerSettings {
     pub db_pool_size: usize,
     /// `TALLY_QUEUE_PREFIX`: key prefix of every queue key (default `tally`).
     pub queue_prefix: String,
+    /// `OUTBOX_RELAY`, `OUTBOX_BATCH`, `OUTBOX_POLL_SECS`: the outbox relay
+    /// this process runs (on by default).
+    pub relay: RelaySettings,
 }
 
 impl WorkerSettings {
@@ -47,13 +53,19 @@ impl WorkerSettings {
             lease: env.seconds("LEASE_SECS", 15, 2, 3600)?,
             db_pool_size: env.number("DATABASE_POOL_SIZE", 8, 1, 500)? as usize,
             queue_prefix: env.raw("TALLY_QUEUE_PREFIX").unwrap_or_else(|| "tally".into()),
+            relay: RelaySettings::from_env(env)?,
         })
     }
 
     /// One line describing the configuration, safe to log.
     pub fn summary(&self) -> String {
+        let relay = if self.relay.enabled {
+            format!("on (batch {}, poll {}s)", self.relay.batch, self.relay.poll.as_secs())
+        } else {
+            "off".to_owned()
+        };
         format!(
-            "redis={} database={} concurrency={} health={} lease={}s drain={}s prefix={}",
+            "redis={} database={} concurrency={} health={} lease={}s drain={}s prefix={} outbox_relay={relay}",
             redact_url(&self.redis_url),
             redact_url(&self.database_url),
             self.concurrency,
@@ -98,6 +110,14 @@ pub async fn run_worker(
         store: store.clone(),
         producer: Producer::new(client.clone()),
     };
+    let relay = settings.relay.enabled.then(|| {
+        Relay::new(
+            store.clone(),
+            deps.producer.clone(),
+            settings.database_url.clone(),
+            settings.relay,
+        )
+    });
 
     let checks = vec![ReadinessCheck::redis(client.clone()), ReadinessCheck::postgres(store)];
     let health = HealthServer::start(settings.health_addr, checks)
@@ -114,7 +134,15 @@ pub async fn run_worker(
         .events(observe::ObservedEvents);
     let worker = register(builder, deps).build()?;
     tracing::info!(queue, concurrency = settings.concurrency, "worker running");
-    let report = worker.run_until(shutdown).await;
+    // One shutdown for both: the relay stops taking rows when the worker
+    // stops claiming (a batch in flight completes first).
+    let shutdown = shutdown.shared();
+    let relaying = async {
+        if let Some(relay) = relay {
+            relay.run_until(shutdown.clone()).await;
+        }
+    };
+    let (report, ()) = tokio::join!(worker.run_until(shutdown.clone()), relaying);
     gauges.abort();
     health.stop().await;
     let report = report?;
@@ -133,6 +161,9 @@ Environment:
   LEASE_SECS             claim lease; a killed worker's job returns after it (default 15)
   DATABASE_POOL_SIZE     Postgres connections (default 8)
   TALLY_QUEUE_PREFIX     queue key prefix (default tally)
+  OUTBOX_RELAY           on|off: relay the job outbox from PostgreSQL to Redis (default on)
+  OUTBOX_BATCH           outbox rows per relay transaction (default 100)
+  OUTBOX_POLL_SECS       read the outbox this often without a notification (default 5)
   RUST_LOG, LOG_FORMAT=text|json, SENTRY_DSN, OTEL_EXPORTER_OTLP_ENDPOINT  telemetry (optional)";
 
 /// The whole `main` of a worker binary: `--help`, settings (exit 2 with one
