@@ -3,9 +3,12 @@
 //!
 //! `GET` or `POST /api/cron/update-stats[?scope=all|leaderboard|standings]`
 //! with `Authorization: Bearer <CRON_SECRET>` enqueues a deduplicated
-//! `RefreshViews` job and answers with its id. The gateway never touches
-//! Postgres: it only needs Redis, so it stays up (and answers 503) when the
-//! database is away. Layout follows zero-to-production: [`Settings`] from the
+//! `RefreshViews` job and answers with its id. With a `DATABASE_URL` it
+//! first runs the repairing safety net (`tally_service::repair`): it finds
+//! the matches whose result never reached the totals, enqueues the missing
+//! jobs (bounded per call) and reports the counts in the answer. Readiness
+//! needs Redis only, so the gateway stays up when the database is away (a
+//! cron call then answers 503: the repair did not run). Layout follows zero-to-production: [`Settings`] from the
 //! environment, [`Application::build`] binds (port 0 in tests), and
 //! [`Application::run_until`] serves until the shutdown future resolves.
 

@@ -7,7 +7,8 @@ use cron_gateway::{Application, Settings};
 use tally_service::{Env, shutdown_signal};
 
 const HELP: &str = "\
-cron-gateway: the endpoint the Kubernetes CronJob calls to refresh leaderboards and standings.
+cron-gateway: the endpoint the Kubernetes CronJob calls to refresh leaderboards and standings
+(and, with a database, to repair work that got lost between PostgreSQL and Redis).
 
 Routes: GET|POST /api/cron/update-stats[?scope=all|leaderboard|standings] (Authorization: Bearer <CRON_SECRET>),
         /healthz, /readyz, /metrics
@@ -19,6 +20,9 @@ Environment:
   TALLY_QUEUE_PREFIX     queue key prefix (default tally)
   MAX_BODY_BYTES         larger bodies get 413 (default 4096)
   SHUTDOWN_TIMEOUT_SECS  drain time for in-flight requests (default 10)
+  DATABASE_URL           PostgreSQL (optional): each cron call then also repairs lost work
+  REPAIR_GRACE_SECS      work marked more recently than this is in flight, not lost (default 120)
+  REPAIR_BATCH           at most this many matches repaired per call (default 200)
   RUST_LOG, LOG_FORMAT=text|json, SENTRY_DSN, OTEL_EXPORTER_OTLP_ENDPOINT  telemetry (optional)";
 
 #[tokio::main]

@@ -1,9 +1,12 @@
 //! The cron endpoint and its error contract.
 //!
 //! Every answer is JSON. Success: `{"success":true,"scope":…,"jobId":…,
-//! "deduplicated":…,"timestamp":…}`; failure: `{"success":false,"error":…,
-//! "timestamp":…}` with 400 (bad scope), 401 (missing or wrong secret), 404,
-//! 405, 413 (body too large) or 503 (Redis unreachable). The secret is checked
+//! "deduplicated":…,"timestamp":…}`, plus `"repair":{…}` (what the
+//! repairing safety net found and enqueued, `tally_service::repair::
+//! RepairReport`) when the gateway has a database; failure:
+//! `{"success":false,"error":…,"timestamp":…}` with 400 (bad scope), 401
+//! (missing or wrong secret), 404, 405, 413 (body too large) or 503 (Redis
+//! unreachable, or the repair could not reach the database). The secret is checked
 //! before anything else about the request is looked at, so an unauthenticated
 //! caller learns nothing but 401 (or 413 for an oversized body, which is
 //! refused before it is read).
@@ -40,6 +43,10 @@ pub enum ApiError {
     /// Redis cannot be reached, so nothing was enqueued.
     #[error("queue unavailable, nothing was enqueued; retry later")]
     Unavailable,
+    /// The repair could not read the database (or reach the queue) and did
+    /// not complete; whatever it enqueued stays, and a retry is safe.
+    #[error("repair did not complete ({0}); retry later")]
+    RepairUnavailable(String),
     /// Anything else; the details go to the log and Sentry, not to the caller.
     #[error("internal error")]
     Internal,
@@ -53,7 +60,7 @@ impl ResponseError for ApiError {
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable | ApiError::RepairUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -122,6 +129,23 @@ pub async fn update_stats(
     drain_body(payload, limit).await?;
     let scope = parse_scope(req.query_string())?;
 
+    // The safety net first: what it enqueues chains its own refresh, and
+    // the refresh below covers whatever else changed.
+    let repair = match &state.repair {
+        None => None,
+        Some((store, settings)) => Some(
+            tally_service::repair::repair(store, &state.producer, settings)
+                .await
+                .map_err(|e| {
+                    if e.is_unavailable() {
+                        ApiError::RepairUnavailable(e.to_string())
+                    } else {
+                        ApiError::Internal
+                    }
+                })?,
+        ),
+    };
+
     let options = EnqueueOptions {
         trace: tally_service::observe::current_trace(),
         ..EnqueueOptions::default()
@@ -141,13 +165,17 @@ pub async fn update_stats(
             }
         })?;
     tracing::info!(%scope, job_id = %enqueued.id, deduplicated = enqueued.deduplicated, "refresh requested");
-    Ok(HttpResponse::Ok().json(json!({
+    let mut body = json!({
         "success": true,
         "scope": scope.as_str(),
         "jobId": enqueued.id,
         "deduplicated": enqueued.deduplicated,
         "timestamp": now_rfc3339(),
-    })))
+    });
+    if let Some(report) = repair {
+        body["repair"] = json!(report);
+    }
+    Ok(HttpResponse::Ok().json(body))
 }
 
 /// 404 for every unknown path.

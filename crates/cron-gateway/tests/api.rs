@@ -45,6 +45,7 @@ async fn spawn_gateway(redis_url: &str, prefix: &str) -> Gateway {
         queue_prefix: prefix.to_owned(),
         max_body_bytes: 1024,
         shutdown_timeout: Duration::from_secs(1),
+        repair: None,
     };
     let app = Application::build(settings).await.expect("gateway builds");
     let addr = app.addr();

@@ -485,6 +485,7 @@ async fn random_requests_never_panic_never_5xx_and_never_enqueue_without_the_sec
         queue_prefix: redis.namespace.clone(),
         max_body_bytes: MAX_BODY,
         shutdown_timeout: Duration::from_secs(1),
+        repair: None,
     };
     let app = Application::build(settings).await.expect("gateway builds");
     let addr = app.addr();
