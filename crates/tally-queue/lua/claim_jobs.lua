@@ -43,11 +43,12 @@ if mode == 'r' then
   local rec = redis.call('GET', KEYS[11])
   if rec and string.sub(rec, 1, #request + 1) == request .. ':' then
     -- The same claim again: its jobs, as the script recorded them.
-    local recorded = cmsgpack.unpack(string.sub(rec, #request + 2))
+    local first_token, packed = string.match(string.sub(rec, #request + 2), '^(%d+):(.*)$')
+    local recorded = cmsgpack.unpack(packed)
     local out = { acks }
     local expiry = tostring(now + lease_ms)
-    for i = 1, #recorded, 2 do
-      local id, tok = recorded[i], recorded[i + 1]
+    for i, id in ipairs(recorded) do
+      local tok = int(tonumber(first_token) + i)
       local s = redis.call('HGET', KEYS[5], id)
       if holds_token(s, tok) then
         local st = parse_state(s)
@@ -92,49 +93,65 @@ end
 local envs = call_unpacked('HMGET', KEYS[4], ids)
 local states = call_unpacked('HMGET', KEYS[5], ids)
 -- Fencing tokens grow and never repeat, even after a Redis crash that lost
--- its last writes (AOF everysec loses up to a second): the counter is
--- floored at Redis's clock in µs, which moved on during the restart, so a
--- token handed out in the lost second is never handed out again (unless
--- claims ran more than a million tokens a second ahead of the clock, or
--- Redis's clock went back across the restart).
+-- its last writes (AOF everysec loses up to a second): the next token is
+-- never below Redis's clock in µs, and that clock moved on during the
+-- restart, so a token handed out in the lost second is never handed out
+-- again (unless claims ran more than a million tokens a second ahead of the
+-- clock, or Redis's clock went back across the restart).
 local first = math.max(tonumber(redis.call('GET', KEYS[7]) or '0'), now_us)
 redis.call('SET', KEYS[7], int(first + #ids))
 local expiry = tostring(now + tonumber(ARGV[2]))
 local new_states = {}
 local leases = {}
 local out = { acks }
+local HELD = { h = 'H', n = 'N', l = 'L' }
 for i, id in ipairs(ids) do
-  local st = parse_state(states[i]) or { token = 0, attempts = 0, crashes = 0, errors = 0 }
-  st.prio = prios[i]
-  if st.dedup then
-    -- The job starts now: later requests must create a new job.
-    if redis.call('HGET', KEYS[8], st.dedup) == id then
-      redis.call('HDEL', KEYS[8], st.dedup)
+  local token = first + i
+  if not states[i] then
+    -- A fresh job (the common case): its first claim, written directly.
+    local prio = prios[i]
+    if i > start_now then
+      prio = HELD[prio]
     end
-    st.dedup = nil
+    new_states[#new_states + 1] = id
+    new_states[#new_states + 1] = int(token) .. ':1:0:0:' .. prio
+    leases[#leases + 1] = expiry
+    leases[#leases + 1] = id
+    out[#out + 1] = id
+    out[#out + 1] = envs[i]
+    out[#out + 1] = 1
+    out[#out + 1] = 0
+    out[#out + 1] = 0
+    out[#out + 1] = token
+  else
+    local st = parse_state(states[i]) or { token = 0, attempts = 0, crashes = 0, errors = 0 }
+    st.prio = prios[i]
+    if st.dedup then
+      -- The job starts now: later requests must create a new job.
+      if redis.call('HGET', KEYS[8], st.dedup) == id then
+        redis.call('HDEL', KEYS[8], st.dedup)
+      end
+      st.dedup = nil
+    end
+    st.attempts = st.attempts + 1
+    st.token = token
+    st.held = i > start_now
+    new_states[#new_states + 1] = id
+    new_states[#new_states + 1] = format_state(st)
+    leases[#leases + 1] = expiry
+    leases[#leases + 1] = id
+    out[#out + 1] = id
+    out[#out + 1] = envs[i]
+    out[#out + 1] = st.attempts
+    out[#out + 1] = st.crashes
+    out[#out + 1] = st.errors
+    out[#out + 1] = st.token
   end
-  st.attempts = st.attempts + 1
-  st.token = first + i
-  st.held = i > start_now
-  new_states[#new_states + 1] = id
-  new_states[#new_states + 1] = format_state(st)
-  leases[#leases + 1] = expiry
-  leases[#leases + 1] = id
-  out[#out + 1] = id
-  out[#out + 1] = envs[i]
-  out[#out + 1] = st.attempts
-  out[#out + 1] = st.crashes
-  out[#out + 1] = st.errors
-  out[#out + 1] = st.token
 end
 call_unpacked('HSET', KEYS[5], new_states)
 call_unpacked('ZADD', KEYS[6], leases)
 if mode then
-  local record = {}
-  for i, id in ipairs(ids) do
-    record[#record + 1] = id
-    record[#record + 1] = int(first + i)
-  end
-  redis.call('SET', KEYS[11], request .. ':' .. cmsgpack.pack(record), 'PX', lease_ms)
+  -- The claim's ids, and the first token (the others follow in order).
+  redis.call('SET', KEYS[11], request .. ':' .. int(first) .. ':' .. cmsgpack.pack(ids), 'PX', lease_ms)
 end
 return out
