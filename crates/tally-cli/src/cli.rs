@@ -129,7 +129,8 @@ pub struct SeedArgs {
 /// `tally match …`
 #[derive(Debug, Subcommand)]
 pub enum MatchCommand {
-    /// Record a final score (one transaction) and enqueue its scoring.
+    /// Record a final score and its ScoreMatch job, in one transaction (the job
+    /// goes through the outbox: the workers' relay enqueues it).
     Finish {
         /// Match id.
         #[arg(value_parser = id)]
@@ -139,13 +140,13 @@ pub enum MatchCommand {
         /// Away goals.
         away: i32,
     },
-    /// Mark a match postponed (its predictions are voided) and enqueue its scoring.
+    /// Mark a match postponed and commit its ScoreMatch (which voids the predictions) with it.
     Postpone {
         /// Match id.
         #[arg(value_parser = id)]
         id: i64,
     },
-    /// Mark a match cancelled (its predictions are voided) and enqueue its scoring.
+    /// Mark a match cancelled and commit its ScoreMatch (which voids the predictions) with it.
     Cancel {
         /// Match id.
         #[arg(value_parser = id)]
@@ -156,7 +157,8 @@ pub enum MatchCommand {
 /// `tally queue …`
 #[derive(Debug, Subcommand)]
 pub enum QueueCommand {
-    /// Ready, scheduled, in-flight and dead jobs, and counters, per queue.
+    /// Ready, scheduled, in-flight and dead jobs, and counters, per queue (and the
+    /// outbox backlog when DATABASE_URL is set).
     Stats {
         /// Queues to show (default: scoring and stats).
         #[arg(long = "queue")]

@@ -7,7 +7,8 @@ use anyhow::Context as _;
 use serde_json::json;
 use tally_jobs::{Job as _, RefreshScope, RefreshViews, ScoreMatch};
 use tally_queue::{DeadSelector, EnqueueOptions, Producer, QueueAdmin, QueueClient, QueueConfig};
-use tally_store::{Store, seed::SeedOptions};
+use tally_service::outbox::outbox_envelope;
+use tally_store::{MatchStatus, Store, seed::SeedOptions};
 
 use crate::cli::{Cli, Command, DeadCommand, EnqueueCommand, MAX_AGE_HOURS, MatchCommand, QueueCommand, SeedArgs};
 use crate::output::{Progress, table};
@@ -111,22 +112,47 @@ async fn seed(cli: &Cli, args: &SeedArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Records a result, then enqueues its scoring. The two steps cannot share a
-/// transaction (Postgres and Redis), so the result is committed first: if
-/// the enqueue fails, running the same command again is safe (recording the
-/// same score is a no-op) and enqueues the job.
-pub async fn finish_match(
-    store: &Store,
-    producer: &Producer,
-    id: i64,
-    home: i32,
-    away: i32,
-) -> anyhow::Result<tally_queue::Enqueued> {
-    store
-        .record_result(id, home, away)
+/// What `match finish`, `postpone` and `cancel` committed with the match:
+/// the `ScoreMatch` job, as an outbox row the workers' relay enqueues.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Committed {
+    /// The outbox row.
+    pub row: i64,
+    /// The id the job runs under (`outbox-<row>`).
+    pub job_id: String,
+}
+
+/// Records a result and its `ScoreMatch` in one transaction: the job is
+/// written into the outbox with the result (`tally_store::outbox`), and the
+/// workers' relay moves it to Redis. Either both are committed or neither
+/// is, and Redis need not be reachable now. Recording the same result again
+/// is a no-op for the match and writes the job again.
+pub async fn finish_match(store: &Store, id: i64, home: i32, away: i32) -> anyhow::Result<Committed> {
+    let job = outbox_envelope(&ScoreMatch { match_id: id }, tally_service::observe::current_trace());
+    let outcome = store
+        .record_result_with_job(id, home, away, &job)
         .await
         .with_context(|| format!("cannot record {home}-{away} for match {id}"))?;
-    enqueue_scoring(producer, id).await
+    committed(outcome.job_row)
+}
+
+/// Changes a match's status (postponed, cancelled) and writes its
+/// `ScoreMatch` (which voids the predictions) in the same transaction.
+pub async fn change_status(store: &Store, id: i64, status: MatchStatus) -> anyhow::Result<Committed> {
+    let job = outbox_envelope(&ScoreMatch { match_id: id }, tally_service::observe::current_trace());
+    let outcome = store
+        .set_match_status_with_job(id, status, &job)
+        .await
+        .with_context(|| format!("cannot mark match {id} {status}"))?;
+    committed(outcome.job_row)
+}
+
+fn committed(row: Option<i64>) -> anyhow::Result<Committed> {
+    let row = row.context("the store wrote no outbox row")?;
+    Ok(Committed {
+        row,
+        job_id: tally_store::outbox::job_id(row),
+    })
 }
 
 async fn enqueue_scoring(producer: &Producer, id: i64) -> anyhow::Result<tally_queue::Enqueued> {
@@ -137,35 +163,43 @@ async fn enqueue_scoring(producer: &Producer, id: i64) -> anyhow::Result<tally_q
     producer
         .enqueue_with(&ScoreMatch { match_id: id }, options)
         .await
-        .with_context(|| {
-            format!("match {id} is recorded, but its scoring could not be enqueued; run the same command again")
-        })
+        .with_context(|| format!("ScoreMatch for match {id} could not be enqueued"))
 }
 
 async fn match_command(cli: &Cli, cmd: &MatchCommand) -> anyhow::Result<()> {
     let store = connect_store(cli).await?;
-    let producer = Producer::new(connect_queue(cli).await?);
     let (id, what, job) = match *cmd {
         MatchCommand::Finish { id, home, away } => (
             id,
             format!("finished {home}-{away}"),
-            finish_match(&store, &producer, id, home, away).await?,
+            finish_match(&store, id, home, away).await?,
         ),
-        MatchCommand::Postpone { id } => {
-            store.postpone_match(id).await?;
-            (id, "postponed".to_owned(), enqueue_scoring(&producer, id).await?)
-        }
-        MatchCommand::Cancel { id } => {
-            store.cancel_match(id).await?;
-            (id, "cancelled".to_owned(), enqueue_scoring(&producer, id).await?)
-        }
+        MatchCommand::Postpone { id } => (
+            id,
+            "postponed".to_owned(),
+            change_status(&store, id, MatchStatus::Postponed).await?,
+        ),
+        MatchCommand::Cancel { id } => (
+            id,
+            "cancelled".to_owned(),
+            change_status(&store, id, MatchStatus::Cancelled).await?,
+        ),
     };
     if cli.json {
-        return print_json(
-            &json!({ "matchId": id, "status": what, "jobId": job.id, "deduplicated": job.deduplicated }),
-        );
+        // `deduplicated` stays for scripts written against the direct
+        // enqueue: an outbox row is always a job of its own.
+        return print_json(&json!({
+            "matchId": id,
+            "status": what,
+            "jobId": job.job_id,
+            "deduplicated": false,
+            "outboxRow": job.row,
+        }));
     }
-    println!("match {id} {what}; ScoreMatch enqueued as job {}", job.id);
+    println!(
+        "match {id} {what}; ScoreMatch committed with it as job {} (outbox row {}; the workers' relay enqueues it)",
+        job.job_id, job.row
+    );
     Ok(())
 }
 
@@ -195,8 +229,30 @@ async fn queue_stats(cli: &Cli, queues: &[String]) -> anyhow::Result<()> {
         ]);
         all.insert(name.clone(), serde_json::to_value(&s)?);
     }
+    // The outbox (jobs committed in PostgreSQL, not yet in Redis), when the
+    // database is known; a queue view without it is still useful.
+    let outbox = match cli.database_url.as_deref() {
+        None => None,
+        Some(_) => match connect_store(cli).await {
+            Ok(store) => match store.outbox_backlog().await {
+                Ok(backlog) => Some(backlog),
+                Err(e) => {
+                    eprintln!("warning: cannot read the outbox backlog: {e:#}");
+                    None
+                }
+            },
+            Err(e) => {
+                eprintln!("warning: cannot read the outbox backlog: {e:#}");
+                None
+            }
+        },
+    };
     if cli.json {
-        return print_json(&json!({ "queues": all }));
+        let mut out = json!({ "queues": all });
+        if let Some(backlog) = outbox {
+            out["outbox"] = serde_json::to_value(backlog)?;
+        }
+        return print_json(&out);
     }
     print!(
         "{}",
@@ -216,6 +272,20 @@ async fn queue_stats(cli: &Cli, queues: &[String]) -> anyhow::Result<()> {
             &rows
         )
     );
+    if let Some(b) = outbox {
+        println!(
+            "\noutbox: {} job(s) committed, not yet relayed{}; {} rejected{}",
+            b.pending,
+            b.oldest_pending_age_ms
+                .map_or_else(String::new, |ms| format!(" (oldest {:.1}s)", ms as f64 / 1000.0)),
+            b.rejected,
+            if b.rejected > 0 {
+                " (see job_outbox.rejection)"
+            } else {
+                ""
+            }
+        );
+    }
     Ok(())
 }
 

@@ -2,8 +2,9 @@
 //!
 //! Migrates, seeds a small season, starts cron-gateway, scoring-worker and
 //! several stats-workers as separate processes, records a matchday of
-//! results (each committed, then `ScoreMatch` enqueued, exactly as `tally
-//! match finish` does), calls the cron endpoint over HTTP with the secret,
+//! results (each committed with its `ScoreMatch` in the outbox, which the
+//! workers relay, exactly as `tally match finish` does), calls the cron
+//! endpoint over HTTP with the secret,
 //! waits until every queue is idle and the published leaderboards and league
 //! tables equal a brute-force recomputation, prints them, and stops the
 //! services with SIGTERM, checking each exits 0. Any failure stops the demo
@@ -13,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use rand::{Rng as _, SeedableRng as _};
-use tally_queue::{Producer, QueueAdmin};
+use tally_queue::QueueAdmin;
 use tally_service::http_client;
 
 use crate::cli::{Cli, DemoArgs, SeedArgs};
@@ -67,8 +68,7 @@ pub async fn run(cli: &Cli, args: &DemoArgs) -> anyhow::Result<()> {
 
     step(3, "starting the services (separate processes)");
     let client = connect_queue(cli).await?;
-    let admin = QueueAdmin::new(client.clone());
-    let producer = Producer::new(client);
+    let admin = QueueAdmin::new(client);
     let secret = format!("demo-{:032x}", rand::rng().random::<u128>());
     let env = vec![
         ("REDIS_URL".to_owned(), cli.redis_url.clone()),
@@ -94,7 +94,7 @@ pub async fn run(cli: &Cli, args: &DemoArgs) -> anyhow::Result<()> {
             &args.log_dir,
         )?);
     }
-    let result = play(&store, &producer, &admin, &mut services, &matchday, &secret, args).await;
+    let result = play(&store, &admin, &mut services, &matchday, &secret, args).await;
 
     step(8, "stopping the services (SIGTERM, drain)");
     let mut clean = true;
@@ -174,7 +174,6 @@ pub async fn next_matchday(store: &tally_store::Store) -> anyhow::Result<Vec<Fix
 
 async fn play(
     store: &tally_store::Store,
-    producer: &Producer,
     admin: &QueueAdmin,
     services: &mut [Service],
     matchday: &[Fixture],
@@ -191,10 +190,10 @@ async fn play(
     let first_result = Instant::now();
     for f in matchday {
         let (home, away) = (goals(&mut rng), goals(&mut rng));
-        let job = finish_match(store, producer, f.id, home, away).await?;
+        let job = finish_match(store, f.id, home, away).await?;
         eprintln!(
-            "  match {:>4}  {:>22} {home}-{away} {:<22}  → ScoreMatch {}",
-            f.id, f.home, f.away, job.id
+            "  match {:>4}  {:>22} {home}-{away} {:<22}  → ScoreMatch {} (committed with the result)",
+            f.id, f.home, f.away, job.job_id
         );
     }
 
@@ -238,6 +237,8 @@ async fn play(
             );
             busy += s.ready + s.scheduled + s.in_flight;
         }
+        // Committed with their results, not yet relayed to Redis.
+        busy += u64::try_from(store.outbox_backlog().await?.pending).unwrap_or(0);
         if busy == 0 {
             match verify::verify(store).await? {
                 Ok(checked) => {

@@ -239,3 +239,93 @@ async fn ids_below_one_are_refused_and_nothing_is_enqueued() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(admin.stats(ScoreMatch::QUEUE).await.expect("stats").ready, 1);
 }
+
+#[tokio::test]
+async fn match_finish_commits_the_result_and_its_job_together_even_with_redis_away() {
+    let db = tally_testkit::database().await;
+    tally_store::migrate_url(&db.url).await.expect("migrated");
+    let store = tally_store::Store::connect(&db.url, 2).await.expect("store");
+    let summary = store
+        .seed(
+            &tally_store::seed::SeedOptions {
+                users: 20,
+                predictions: 200,
+                competitions: 1,
+                teams_per_competition: 4,
+                played_fraction: 0.5,
+                seed: 5,
+            },
+            &|_| {},
+        )
+        .await
+        .expect("seeded");
+    let open = summary.open_match_ids[0];
+    // Nothing listens on port 1: the job must not need Redis now.
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_tally"))
+            .env_clear()
+            .env("DATABASE_URL", &db.url)
+            .env("REDIS_URL", "redis://127.0.0.1:1")
+            .args(args)
+            .output()
+            .expect("tally runs")
+    };
+    let out = run(&["--json", "match", "finish", &open.to_string(), "2", "1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let row = answer["outboxRow"].as_i64().expect("outbox row");
+    assert_eq!(answer["jobId"], format!("outbox-{row}"), "{answer}");
+    assert_eq!(
+        (answer["matchId"].as_i64(), answer["deduplicated"].as_bool()),
+        (Some(open), Some(false))
+    );
+    let client = db.client().await;
+    let (status, kind, match_id): (String, String, i64) = {
+        let r = client
+            .query_one(
+                "SELECT m.status, o.envelope ->> 'kind', (o.envelope -> 'payload' ->> 'matchId')::bigint
+                 FROM matches m, job_outbox o WHERE m.id = $1 AND o.id = $2",
+                &[&open, &row],
+            )
+            .await
+            .expect("both committed");
+        (r.get(0), r.get(1), r.get(2))
+    };
+    assert_eq!(
+        (status.as_str(), kind.as_str(), match_id),
+        ("finished", "score_match", open)
+    );
+
+    // A conflicting result is refused with a clear error, and writes no job.
+    let out = run(&["match", "finish", &open.to_string(), "0", "0"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(
+        stderr(&out).contains("already finished 2-1, refusing 0-0"),
+        "{}",
+        stderr(&out)
+    );
+    let rows: i64 = client
+        .query_one("SELECT count(*) FROM job_outbox", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(rows, 1);
+
+    // `queue stats` shows the job waiting in the outbox (the queues
+    // themselves need Redis: a private one here).
+    let redis = tally_testkit::redis().await;
+    let out = Command::new(env!("CARGO_BIN_EXE_tally"))
+        .env_clear()
+        .env("DATABASE_URL", &db.url)
+        .env("REDIS_URL", &redis.url)
+        .env("TALLY_QUEUE_PREFIX", &redis.namespace)
+        .args(["--json", "queue", "stats"])
+        .output()
+        .expect("tally runs");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stats: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(stats["outbox"]["pending"], 1, "{stats}");
+    assert_eq!(stats["outbox"]["rejected"], 0, "{stats}");
+    assert!(stats["outbox"]["oldestPendingAgeMs"].is_u64(), "{stats}");
+    assert!(stats["queues"]["scoring"].is_object(), "{stats}");
+}
