@@ -1,9 +1,9 @@
 //! The end-to-end harness: a [`Stack`] is a seeded PostgreSQL database and a
 //! Redis namespace (or dedicated servers, for chaos tests) plus the real
 //! service binaries started as child processes against them. Tests record
-//! results, break things (SIGKILL, SIGTERM, stop Postgres, restart Redis) and
-//! check the final state against the brute-force recomputation in
-//! `tally_cli::verify`.
+//! results, break things (SIGKILL, SIGTERM, stop Postgres, restart or flush
+//! Redis, write results behind tally's back) and check the final state
+//! against the brute-force recomputation in `tally_cli::verify`.
 //!
 //! The binaries must be built first (`make test` runs `cargo build --bins`);
 //! a missing one fails with a line saying so.
@@ -151,12 +151,20 @@ impl Stack {
 
     /// Starts a service binary under an instance name and waits until it is ready.
     pub async fn start(&mut self, binary: &str, name: &str) -> anyhow::Result<()> {
+        self.start_with(binary, name, &[]).await
+    }
+
+    /// [`Stack::start`] with extra environment for this instance only (e.g.
+    /// `OUTBOX_RELAY=off`).
+    pub async fn start_with(&mut self, binary: &str, name: &str, extra: &[(&str, &str)]) -> anyhow::Result<()> {
         let addr_var = if binary == "cron-gateway" {
             "BIND_ADDR"
         } else {
             "HEALTH_ADDR"
         };
-        let mut service = Service::start(binary, name, &self.env(), addr_var, &self.log_dir)?;
+        let mut env = self.env();
+        env.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+        let mut service = Service::start(binary, name, &env, addr_var, &self.log_dir)?;
         service.wait_ready(Duration::from_secs(30)).await?;
         self.services.push(service);
         Ok(())
@@ -213,15 +221,83 @@ impl Stack {
         Ok(std::process::Command::new(path).args(args).envs(self.env()).output()?)
     }
 
-    /// Records a result and enqueues its scoring, as `tally match finish` does.
+    /// Records a result with its scoring job (through the outbox, which the
+    /// workers relay), as `tally match finish` does.
     pub async fn finish(&self, id: i64, home: i32, away: i32) -> anyhow::Result<()> {
-        tally_cli::commands::finish_match(&self.store, &self.producer, id, home, away).await?;
+        tally_cli::commands::finish_match(&self.store, id, home, away).await?;
         Ok(())
     }
 
+    /// Calls the cron endpoint of the instance `gateway` with the secret and
+    /// returns the JSON answer (which must be 200).
+    pub async fn cron(&mut self, gateway: &str) -> anyhow::Result<serde_json::Value> {
+        let addr = self.service(gateway).addr;
+        let auth = format!("Bearer {SECRET}");
+        let response = tally_service::http_client::request(
+            addr,
+            "POST",
+            "/api/cron/update-stats",
+            &[("Authorization", &auth)],
+            b"",
+        )
+        .await?;
+        anyhow::ensure!(
+            response.status == 200,
+            "cron call answered {}: {}",
+            response.status,
+            response.body
+        );
+        Ok(serde_json::from_str(&response.body)?)
+    }
+
+    /// The instance's `/metrics`, summed over every series of `name` whose
+    /// labels include `labels` (0 when there is none).
+    pub async fn metric(&mut self, instance: &str, name: &str, labels: &[(&str, &str)]) -> anyhow::Result<f64> {
+        let addr = self.service(instance).addr;
+        let text = tally_service::http_client::get(addr, "/metrics").await?.body;
+        Ok(metric_sum(&text, name, labels))
+    }
+
+    /// Matches still owed work (`match_pipeline_pending`): none once the
+    /// pipeline caught up.
+    pub async fn pending_markers(&self) -> anyhow::Result<i64> {
+        let client = self.store.pool().get().await?;
+        Ok(client
+            .query_one("SELECT count(*) FROM match_pipeline_pending", &[])
+            .await?
+            .get(0))
+    }
+
+    /// Waits until `condition` holds, checking every 50 ms, failing after
+    /// `timeout` with `what` and the services' log tails.
+    pub async fn wait_for<F, Fut>(&self, what: &str, timeout: Duration, mut condition: F) -> anyhow::Result<()>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = anyhow::Result<bool>>,
+    {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let last = match condition().await {
+                Ok(true) => return Ok(()),
+                Ok(false) => "not yet".to_owned(),
+                Err(e) => format!("{e:#}"),
+            };
+            if Instant::now() > deadline {
+                let logs: Vec<String> = self
+                    .services
+                    .iter()
+                    .map(|s| format!("--- {}:\n{}", s.name, s.log_tail(15)))
+                    .collect();
+                anyhow::bail!("{what}: not after {timeout:?} ({last})\n{}", logs.join("\n"));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Waits until both queues are empty (nothing ready, scheduled or in
-    /// flight) and the published views equal the brute-force recomputation.
-    /// Fails at once if a job is dead.
+    /// flight), the outbox is empty (every committed job relayed) and the
+    /// published views equal the brute-force recomputation. Fails at once if
+    /// a job is dead.
     pub async fn wait_settled(&self, timeout: Duration) -> anyhow::Result<tally_cli::verify::Checked> {
         let deadline = Instant::now() + timeout;
         loop {
@@ -239,6 +315,10 @@ impl Stack {
                     }
                     Err(e) => unreadable = Some(format!("queue stats: {e}")),
                 }
+            }
+            match self.store.outbox_backlog().await {
+                Ok(backlog) => busy += u64::try_from(backlog.pending).unwrap_or(0),
+                Err(e) => unreadable = Some(format!("outbox backlog: {e}")),
             }
             let last = if let Some(problem) = unreadable {
                 problem
@@ -282,6 +362,26 @@ impl Drop for Stack {
             let _ = std::fs::remove_dir_all(&self.log_dir);
         }
     }
+}
+
+/// The sum of every series of a Prometheus metric `name` whose labels
+/// include `labels`, in the text format `/metrics` serves.
+pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
+            let pairs: std::collections::HashMap<&str, &str> = rest
+                .trim_end_matches('}')
+                .split(',')
+                .filter_map(|p| p.split_once('='))
+                .map(|(k, v)| (k, v.trim_matches('"')))
+                .collect();
+            (metric == name && labels.iter().all(|(k, v)| pairs.get(k) == Some(v)))
+                .then(|| value.parse::<f64>().ok())?
+        })
+        .sum()
 }
 
 /// The cron secret the stack's gateway uses.

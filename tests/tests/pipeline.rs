@@ -39,7 +39,8 @@ async fn results_recorded_through_the_cli_reach_the_leaderboards_exactly() {
             "tally match finish failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        assert!(String::from_utf8_lossy(&out.stdout).contains("ScoreMatch enqueued"));
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("ScoreMatch committed with it as job outbox-"), "{text}");
     }
     let checked = stack.wait_settled(SETTLE).await.expect("settled and exact");
     assert_eq!(checked.boards, 3, "overall + two competitions");
