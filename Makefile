@@ -21,6 +21,7 @@ build: ## Build every crate (debug)
 test: deps ## Run all tests against throwaway Redis and PostgreSQL servers
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace --all-targets --no-fail-fast
+	scripts/test-typescript.sh
 
 .PHONY: lint
 lint: ## cargo fmt --check and clippy with warnings as errors

@@ -12,7 +12,7 @@ import type { Redis } from 'ioredis';
 
 import { TallyProducer, type Job } from '../src/index.js';
 import { engineScript, tally } from './support/repo.js';
-import { startRedis, type RedisServer } from './support/servers.js';
+import { startRedis, stopAll, type RedisServer } from './support/servers.js';
 
 let redis: RedisServer;
 let client: Redis;
@@ -21,7 +21,8 @@ before(async () => {
   client = redis.client();
 });
 after(async () => {
-  await redis.stop();
+  await redis?.stop();
+  await stopAll();
 });
 beforeEach(async () => {
   await client.flushall();

@@ -12,7 +12,7 @@ import { context, trace } from '@opentelemetry/api';
 import { AsyncLocalStorageContextManager } from '@opentelemetry/context-async-hooks';
 
 import { KINDS, TallyProducer, type Job } from '../src/index.js';
-import { startRedis, type RedisServer } from './support/servers.js';
+import { startRedis, stopAll, type RedisServer } from './support/servers.js';
 import { golden } from './support/repo.js';
 
 const ID = '0192f5a4-7b1e-7c3d-9a2b-5f6e7d8c9b0a';
@@ -31,7 +31,8 @@ before(async () => {
   redis = await startRedis();
 });
 after(async () => {
-  await redis.stop();
+  await redis?.stop();
+  await stopAll();
 });
 
 async function written(producer: TallyProducer, job: Job, run: () => Promise<unknown>): Promise<string> {

@@ -10,7 +10,7 @@ import { after, before, test } from 'node:test';
 import type { Redis } from 'ioredis';
 
 import { TallyInputError, TallyProducer, type EnqueueOptions, type Job } from '../src/index.js';
-import { startRedis, type RedisServer } from './support/servers.js';
+import { startRedis, stopAll, type RedisServer } from './support/servers.js';
 
 /** A client that fails the test on any use at all. */
 const untouchable = new Proxy(
@@ -111,7 +111,8 @@ before(async () => {
   redis = await startRedis();
 });
 after(async () => {
-  await redis.stop();
+  await redis?.stop();
+  await stopAll();
 });
 
 test('one bad job refuses its whole batch and Redis is left untouched', async () => {

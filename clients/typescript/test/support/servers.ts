@@ -7,7 +7,7 @@
  */
 
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { chmodSync, chownSync, existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { chmodSync, chownSync, existsSync, mkdtempSync, readdirSync, realpathSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -46,6 +46,11 @@ async function stopChild(child: ChildProcess, signal: NodeJS.Signals = 'SIGTERM'
   await exited;
   clearTimeout(timer);
   children.delete(child);
+}
+
+/** Stops every process started here (for `after` hooks, whatever state the test left). */
+export async function stopAll(): Promise<void> {
+  await Promise.all([...children].map((child) => stopChild(child)));
 }
 
 /** Starts `command`; its output goes to `log` (inherited when TEST_LOG is set). */
@@ -144,7 +149,9 @@ export async function waitFor(what: string, child: ChildProcess | undefined, rea
 /** The directory of PostgreSQL's server binaries (initdb, postgres, psql, pg_isready). */
 export function pgBinDir(): string {
   const which = spawnSync('sh', ['-c', 'command -v initdb'], { encoding: 'utf8' });
-  if (which.status === 0 && which.stdout.trim()) return dirname(which.stdout.trim());
+  // Resolved, since a PATH entry may be a link to initdb alone (the
+  // directory it links into has pg_isready and psql too).
+  if (which.status === 0 && which.stdout.trim()) return dirname(realpathSync(which.stdout.trim()));
   const base = '/usr/lib/postgresql';
   const versions = existsSync(base)
     ? readdirSync(base)
