@@ -52,3 +52,18 @@ test('the package resolves to the ESM build for import and the CommonJS build fo
   const envelope = await redis.client().hget('tally:{stats}:jobs', out.first.id);
   assert.equal(JSON.parse(envelope!).payload.scope, 'leaderboard');
 });
+
+test('the example runs against a Redis and leaves one deduplicated refresh waiting', async () => {
+  const client = redis.client();
+  await client.flushall();
+  const r = spawnSync(process.execPath, [join(PACKAGE_DIR, 'examples', 'enqueue.mjs'), '5'], {
+    cwd: PACKAGE_DIR,
+    encoding: 'utf8',
+    env: { ...process.env, REDIS_URL: redis.url, TALLY_QUEUE_PREFIX: '' },
+  });
+  assert.equal(r.status, 0, r.stderr);
+  assert.match(r.stdout, /the same request again: +job \S+ \(deduplicated: true\)/);
+  assert.match(r.stdout, /refused before Redis: +score_match: payload\.matchId: must be >= 1, got -1/);
+  assert.equal(await client.llen('tally:{stats}:ready:normal'), 1);
+  assert.equal(await client.llen('tally:{scoring}:ready:normal'), 1);
+});
