@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Echo, Hooks, QUEUE, Recorder, eventually, setup, spawn};
+use common::{Echo, Hooks, QUEUE, Recorder, eventually, private_setup, setup, spawn, wait_until_blocked};
 use tally_jobs::Priority;
 use tally_queue::{EnqueueOptions, JobContext, JobError, Producer, QueueAdmin, QueueClient, QueueConfig, Worker};
 
@@ -256,21 +256,21 @@ async fn s09_concurrency_per_worker_and_many_workers() {
 
 /// A worker whose idle poll and promoter safety sleep are a minute long, so
 /// anything that happens within seconds was caused by a wake-up, not a poll.
-fn no_polling(client: &QueueClient, redis: &tally_testkit::TestRedis) -> QueueClient {
+fn no_polling(client: &QueueClient, url: &str) -> QueueClient {
     let config = QueueConfig {
         idle_poll: Duration::from_mins(1),
         promote_max_sleep: Duration::from_mins(1),
         ..client.config().clone()
     };
-    QueueClient::new(&redis.url, config).expect("client")
+    QueueClient::new(url, config).expect("client")
 }
 
 /// Semantic 5 (ready work): an idle worker blocks on Redis and is woken by
 /// an enqueue at once, not by a poll.
 #[tokio::test]
 async fn s05_idle_worker_is_woken_by_enqueue_without_polling() {
-    let (redis, client) = setup().await;
-    let client = no_polling(&client, &redis);
+    let (server, client) = private_setup().await;
+    let client = no_polling(&client, &server.url());
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let worker = Worker::builder(client.clone(), QUEUE)
         .handle(move |job: Echo, _ctx: JobContext| {
@@ -280,8 +280,8 @@ async fn s05_idle_worker_is_woken_by_enqueue_without_polling() {
         .build()
         .expect("build");
     let running = spawn(worker);
-    // Let the worker find the queue empty and block.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The worker finds the queue empty and blocks.
+    wait_until_blocked(&server.url(), 1).await;
     let producer = Producer::new(client.clone());
     for n in 0..3 {
         producer.enqueue(&Echo::new(n)).await.expect("enqueue");
@@ -289,7 +289,8 @@ async fn s05_idle_worker_is_woken_by_enqueue_without_polling() {
             .await
             .expect("woken well before the 60 s poll");
         assert_eq!(got, Some(n));
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Blocked again before the next job arrives.
+        wait_until_blocked(&server.url(), 1).await;
     }
     running.stop().await;
 }
@@ -299,8 +300,8 @@ async fn s05_idle_worker_is_woken_by_enqueue_without_polling() {
 /// not by polling (its safety sleep is a minute here).
 #[tokio::test]
 async fn s05_delayed_job_starts_when_due_not_before() {
-    let (redis, client) = setup().await;
-    let client = no_polling(&client, &redis);
+    let (server, client) = private_setup().await;
+    let client = no_polling(&client, &server.url());
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let worker = Worker::builder(client.clone(), QUEUE)
         .handle(move |job: Echo, _ctx: JobContext| {
@@ -310,7 +311,7 @@ async fn s05_delayed_job_starts_when_due_not_before() {
         .build()
         .expect("build");
     let running = spawn(worker);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_until_blocked(&server.url(), 1).await;
     let producer = Producer::new(client.clone());
     let admin = QueueAdmin::new(client.clone());
     let enqueued = Instant::now();
@@ -484,7 +485,8 @@ async fn an_id_enqueued_twice_is_one_job() {
         admin.stats(QUEUE).await.expect("stats").counters.completed == 1
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Stopping waits for anything already claimed: a second copy of the id
+    // would have run by then or still wait in the ready list (checked below).
     running.stop().await;
     assert_eq!(runs.load(Ordering::SeqCst), 1, "the id ran once");
     let mut conn = redis.connection().await;

@@ -243,6 +243,11 @@ impl Driver {
             };
             self.start(job, cancel);
         }
+        let waiting = (self.starting.len() + self.buffer.len()) as u64;
+        self.shared
+            .counters
+            .most_claimed_ahead
+            .fetch_max(waiting, Ordering::Relaxed);
     }
 
     fn forget_lease(&self, id: &str, token: u64) {

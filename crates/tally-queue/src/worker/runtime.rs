@@ -45,6 +45,9 @@ pub struct WorkerReport {
     pub requeued: u64,
     /// Results refused because the claim was no longer current (stale token).
     pub stale: u64,
+    /// Most jobs this worker held claimed ahead at once: claimed, leased,
+    /// waiting for a free slot (see `WorkerBuilder::prefetch`).
+    pub most_claimed_ahead: u64,
 }
 
 #[derive(Default)]
@@ -54,6 +57,7 @@ pub(super) struct Counters {
     pub(super) dead: AtomicU64,
     pub(super) requeued: AtomicU64,
     pub(super) stale: AtomicU64,
+    pub(super) most_claimed_ahead: AtomicU64,
 }
 
 /// Everything the background pieces of one worker share.
@@ -183,6 +187,7 @@ impl Worker {
             dead: c.dead.load(Ordering::Relaxed),
             requeued: c.requeued.load(Ordering::Relaxed),
             stale: c.stale.load(Ordering::Relaxed),
+            most_claimed_ahead: c.most_claimed_ahead.load(Ordering::Relaxed),
         };
         info!(queue = %self.queue, ?report, "worker stopped");
         Ok(report)

@@ -218,3 +218,41 @@ impl JobEvents for Hooks {
         self.0.record("recovered", &self.0.recovered, event);
     }
 }
+
+/// A Redis server of the test's own (not the shared one), so that what it
+/// reports about its clients concerns this test alone.
+pub async fn private_setup() -> (tally_testkit::RedisServer, QueueClient) {
+    let server = tally_testkit::RedisServer::start(tally_testkit::RedisOptions::default())
+        .await
+        .expect("redis-server");
+    let client = QueueClient::connect(&server.url(), fast_config("t"))
+        .await
+        .expect("connect");
+    (server, client)
+}
+
+/// Waits until `blocked` clients of the server at `url` are blocked in
+/// `BLPOP` (idle workers waiting on the wake list): a wait on the real
+/// condition, where a sleep would only guess. Use with [`private_setup`].
+pub async fn wait_until_blocked(url: &str, blocked: usize) {
+    let conn = redis::Client::open(url)
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    eventually("workers blocked in BLPOP", Duration::from_secs(20), || {
+        let mut conn = conn.clone();
+        async move {
+            let list: String = redis::cmd("CLIENT")
+                .arg("LIST")
+                .query_async(&mut conn)
+                .await
+                .expect("CLIENT LIST");
+            list.lines()
+                .filter(|l| l.contains("cmd=blpop") && l.contains("flags=b"))
+                .count()
+                >= blocked
+        }
+    })
+    .await;
+}
