@@ -202,3 +202,56 @@ async fn a_job_settles_its_row_so_a_relay_that_died_after_its_push_makes_no_seco
         "one job, ever: {stats:?}"
     );
 }
+
+#[tokio::test]
+async fn the_transaction_in_protocol_md_commits_a_result_and_a_job_the_relay_enqueues() {
+    let w = world().await;
+    w.store
+        .seed(
+            &tally_store::seed::SeedOptions {
+                users: 10,
+                predictions: 100,
+                competitions: 1,
+                teams_per_competition: 8,
+                played_fraction: 0.0,
+                seed: 1,
+            },
+            &|_| {},
+        )
+        .await
+        .expect("seeded");
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/PROTOCOL.md")).expect("PROTOCOL.md");
+    let start = doc.find("```sql\nBEGIN;").expect("the example transaction") + "```sql\n".len();
+    let sql = &doc[start..start + doc[start..].find("```").expect("end of the example")];
+    assert!(sql.contains("INSERT INTO job_outbox"), "{sql}");
+    w.db.client()
+        .await
+        .batch_execute(sql)
+        .await
+        .expect("the example runs as written");
+
+    let drained = w.relay(10).drain().await.expect("drained");
+    assert_eq!((drained.relayed, drained.rejected), (1, 0));
+    let ids = w.jobs_of(ScoreMatch::QUEUE).await;
+    assert_eq!(ids.len(), 1);
+    assert!(ids[0].starts_with("outbox-"), "{ids:?}");
+    let mut conn = w.redis.connection().await;
+    let body: String = redis::cmd("HGET")
+        .arg(w.client.keys(ScoreMatch::QUEUE).jobs())
+        .arg(&ids[0])
+        .query_async(&mut conn)
+        .await
+        .expect("envelope");
+    let envelope = tally_jobs::Envelope::decode(body.as_bytes()).expect("decodes");
+    assert_eq!(envelope.payload_as::<ScoreMatch>().expect("payload").match_id, 17);
+    assert!(envelope.trace.is_some(), "the producer's trace travels with the job");
+    let status: String =
+        w.db.client()
+            .await
+            .query_one("SELECT status FROM matches WHERE id = 17", &[])
+            .await
+            .expect("match")
+            .get(0);
+    assert_eq!(status, "finished");
+}
