@@ -40,6 +40,13 @@ COUNTERS = {
     "tally_jobs_dead_total",
     "tally_lease_recoveries_total",
     "tally_http_requests_total",
+    "tally_outbox_relayed_total",
+    "tally_outbox_rejected_total",
+    "tally_outbox_relay_errors_total",
+    "tally_outbox_settled_by_worker_total",
+    "tally_repair_runs_total",
+    "tally_repair_found_total",
+    "tally_repair_jobs_total",
 }
 GAUGES = {
     "tally_queue_ready_jobs",
@@ -48,11 +55,16 @@ GAUGES = {
     "tally_queue_dead_jobs",
     "tally_queue_oldest_ready_age_seconds",
     "tally_worker_heartbeat_timestamp_seconds",
+    "tally_outbox_pending_rows",
+    "tally_outbox_oldest_pending_age_seconds",
+    "tally_outbox_rejected_rows",
+    "tally_repair_remaining_matches",
 }
 HISTOGRAMS = {
     "tally_job_duration_seconds",
     "tally_job_wait_seconds",
     "tally_http_request_duration_seconds",
+    "tally_outbox_relay_lag_seconds",
 }
 METRICS = (
     COUNTERS
