@@ -666,7 +666,20 @@ async fn jobs_claimed_ahead_go_back_at_once_while_a_long_job_drains() {
         .expect("the slow job started")
         .expect("started");
     let admin = QueueAdmin::new(client.clone());
-    let held = admin.stats(QUEUE).await.expect("stats").in_flight;
+    // Leased now: the slow job and the jobs claimed ahead, once the jobs
+    // finished just before it are acknowledged (in a few milliseconds).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let (mut held, mut since) = (u64::MAX, Instant::now());
+    loop {
+        let leased = admin.stats(QUEUE).await.expect("stats").in_flight;
+        if leased != held {
+            (held, since) = (leased, Instant::now());
+        } else if since.elapsed() >= Duration::from_millis(100) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the leases never settled (hang guard)");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert!(held >= 2, "no-op handlers make the worker claim ahead: {held} leased");
     let stopping = tokio::spawn(running.stop());
     eventually("jobs claimed ahead are back", Duration::from_secs(2), || async {

@@ -64,6 +64,11 @@ pub(super) struct Driver {
 /// makes each script call carry a bigger batch.
 pub(super) const MAX_AHEAD_FACTOR: usize = 4;
 
+/// Longest a finished job's acknowledgement waits to join a bigger batch
+/// (its lease stays in Redis meanwhile; a worker killed now would see it run
+/// again).
+const ACK_DELAY: Duration = Duration::from_millis(5);
+
 /// Exponentially weighted moving average.
 #[derive(Debug, Clone, Copy, Default)]
 pub(super) struct Ewma(Option<f64>);
@@ -90,6 +95,8 @@ impl Driver {
         let mut more = true;
         let mut was_woken = false;
         let mut retry_at: Option<tokio::time::Instant> = None;
+        // When completions held back for a bigger batch must go anyway.
+        let mut ack_by: Option<tokio::time::Instant> = None;
         let config = self.shared.client.config().clone();
         let mut backoff = RetryBackoff::new(config.retry_backoff_min, config.retry_backoff_max);
         let mut generation = 0_u64;
@@ -109,8 +116,14 @@ impl Driver {
             // served, so Redis and this process work at the same time.
             let max_calls = if ahead > 0 { 2 } else { 1 };
             let retrying = retry_request.is_some() && claims.is_empty();
+            // While jobs claimed ahead keep the slots busy there is no hurry:
+            // wait until a call can carry a worthwhile batch (half of what
+            // is claimed ahead), so that fast handlers cost few calls each.
+            // A free slot with nothing to start never waits.
+            let starving = self.by_task.len() < self.concurrency && self.starting.is_empty() && self.buffer.is_empty();
+            let worthwhile = want >= (ahead / 2).max(1) || starving;
             if retry_at.is_none()
-                && (want > 0 || retrying)
+                && ((want > 0 && worthwhile) || retrying)
                 && claims.len() < max_calls
                 && (more || was_woken || retrying)
             {
@@ -135,7 +148,17 @@ impl Driver {
                     request,
                 )));
             } else if claims.is_empty() {
-                self.flush_completions();
+                // Nothing is being claimed: acknowledge on our own, in a
+                // batch while jobs claimed ahead are still running through,
+                // but never later than `ACK_DELAY` after the first waited.
+                if starving || !more || self.completions.len() >= (ahead / 2).max(1) {
+                    self.flush_completions();
+                } else if !self.completions.is_empty() && ack_by.is_none() {
+                    ack_by = Some(tokio::time::Instant::now() + ACK_DELAY);
+                }
+            }
+            if self.completions.is_empty() {
+                ack_by = None;
             }
             tokio::select! {
                 biased;
@@ -197,6 +220,10 @@ impl Driver {
                 () = tokio::time::sleep_until(retry_at.unwrap_or_else(tokio::time::Instant::now)), if retry_at.is_some() => {
                     retry_at = None;
                     more = true;
+                }
+                () = tokio::time::sleep_until(ack_by.unwrap_or_else(tokio::time::Instant::now)), if ack_by.is_some() => {
+                    ack_by = None;
+                    self.flush_completions();
                 }
             }
         }
