@@ -496,6 +496,11 @@ mod tests {
         send(&store.calculate_points(1));
         send(&store.refresh_views(Scope::All));
         send(&store.record_result(1, 1, 0));
+        let job = serde_json::json!({});
+        send(&store.record_result_with_job(1, 1, 0, &job));
+        send(&store.settle_outbox(1));
+        send(&store.repair_scan(0.0, 1));
+        send(&store.relay_outbox(1, |_rows| async { Vec::new() }));
         send(&store.leaderboard(None, 10, 0));
         send(&store.ping());
     }
