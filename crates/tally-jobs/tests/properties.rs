@@ -53,7 +53,16 @@ fn envelope() -> impl Strategy<Value = Envelope> {
         proptest::option::of((".{0,60}", proptest::option::of(".{0,20}"))),
     )
         .prop_map(
-            |(id, kind, queue, payload, (max_attempts, backoff, timeout_ms, priority), created_at_ms, dedup_key, trace)| {
+            |(
+                id,
+                kind,
+                queue,
+                payload,
+                (max_attempts, backoff, timeout_ms, priority),
+                created_at_ms,
+                dedup_key,
+                trace,
+            )| {
                 Envelope {
                     v: 1,
                     id,
