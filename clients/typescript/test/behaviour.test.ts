@@ -230,3 +230,28 @@ test('beside the Rust producer: the same envelope and state, and dedup across th
   assert.deepStrictEqual(all.scoring.scheduled, 1);
   assert.deepStrictEqual(all.stats.readyByPriority, { high: 1, normal: 2, low: 0 });
 });
+
+test('attempts, backoff and timeout overrides are written into the envelope, for one job and a batch', async () => {
+  const producer = new TallyProducer(client);
+  const overrides = { maxAttempts: 5, backoff: { baseMs: 1000, jitter: true }, timeoutMs: 60_000, priority: 'low' } as const;
+  const one = await producer.enqueueScoreMatch(1, overrides);
+  const [a, b] = await producer.enqueueBatch(
+    [
+      { kind: 'score_match', payload: { matchId: 2 } },
+      { kind: 'refresh_views', payload: {} },
+    ],
+    overrides,
+  );
+  const policy = async (queue: string, id: string): Promise<unknown> =>
+    JSON.parse((await client.hget(producer.keys(queue).jobs, id))!).policy;
+  const expected = {
+    maxAttempts: 5,
+    backoff: { type: 'exponential', baseMs: 1000, maxMs: 600_000, jitter: true },
+    timeoutMs: 60_000,
+    priority: 'low',
+  };
+  assert.deepStrictEqual(await policy('scoring', one.id), expected);
+  assert.deepStrictEqual(await policy('scoring', a!.id), expected);
+  assert.deepStrictEqual(await policy('stats', b!.id), expected);
+  assert.deepStrictEqual(await client.lrange(producer.keys('scoring').ready('low'), 0, -1), [one.id, a!.id]);
+});
