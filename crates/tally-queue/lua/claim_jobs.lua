@@ -36,6 +36,17 @@ local now, now_us = redis_time()
 local max = tonumber(ARGV[3])
 local start_now = tonumber(ARGV[4])
 local acks = complete_batch(KEYS[4], KEYS[5], KEYS[6], KEYS[10], 5)
+
+-- Appends one claimed job to the reply (six values, see the header).
+local function emit(out, id, env, attempts, crashes, errors, token)
+  local n = #out
+  out[n + 1] = id
+  out[n + 2] = env
+  out[n + 3] = attempts
+  out[n + 4] = crashes
+  out[n + 5] = errors
+  out[n + 6] = token
+end
 local mode, request = string.match(ARGV[1], '^([nr]):(.+)$')
 local lease_ms = tonumber(ARGV[2])
 
@@ -53,12 +64,7 @@ if mode == 'r' then
       if holds_token(s, tok) then
         local st = parse_state(s)
         redis.call('ZADD', KEYS[6], 'XX', expiry, id)
-        out[#out + 1] = id
-        out[#out + 1] = redis.call('HGET', KEYS[4], id)
-        out[#out + 1] = st.attempts
-        out[#out + 1] = st.crashes
-        out[#out + 1] = st.errors
-        out[#out + 1] = st.token
+        emit(out, id, redis.call('HGET', KEYS[4], id), st.attempts, st.crashes, st.errors, st.token)
       end
     end
     return out
@@ -117,12 +123,7 @@ for i, id in ipairs(ids) do
     new_states[#new_states + 1] = int(token) .. ':1:0:0:' .. prio
     leases[#leases + 1] = expiry
     leases[#leases + 1] = id
-    out[#out + 1] = id
-    out[#out + 1] = envs[i]
-    out[#out + 1] = 1
-    out[#out + 1] = 0
-    out[#out + 1] = 0
-    out[#out + 1] = token
+    emit(out, id, envs[i], 1, 0, 0, token)
   else
     local st = parse_state(states[i]) or { token = 0, attempts = 0, crashes = 0, errors = 0 }
     st.prio = prios[i]
@@ -140,12 +141,7 @@ for i, id in ipairs(ids) do
     new_states[#new_states + 1] = format_state(st)
     leases[#leases + 1] = expiry
     leases[#leases + 1] = id
-    out[#out + 1] = id
-    out[#out + 1] = envs[i]
-    out[#out + 1] = st.attempts
-    out[#out + 1] = st.crashes
-    out[#out + 1] = st.errors
-    out[#out + 1] = st.token
+    emit(out, id, envs[i], st.attempts, st.crashes, st.errors, st.token)
   end
 end
 call_unpacked('HSET', KEYS[5], new_states)

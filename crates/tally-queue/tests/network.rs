@@ -11,8 +11,17 @@ use common::{Echo, QUEUE, eventually, fast_config};
 use tally_queue::{JobContext, Producer, QueueAdmin, QueueClient, QueueConfig, Worker};
 use tally_testkit::SilentProxy;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_idle_worker_behind_a_silent_network_claims_again_once_it_is_back() {
+/// A proxy in front of the test Redis, a client through it (for the worker)
+/// and one straight to Redis (for the producer and the checks), with short
+/// timeouts; `lease` overrides the test lease.
+struct Proxied {
+    _redis: tally_testkit::TestRedis,
+    proxy: SilentProxy,
+    behind: QueueClient,
+    direct: QueueClient,
+}
+
+async fn behind_a_proxy(lease: Option<Duration>) -> Proxied {
     let redis = tally_testkit::redis().await;
     let target = redis
         .url
@@ -20,16 +29,34 @@ async fn an_idle_worker_behind_a_silent_network_claims_again_once_it_is_back() {
         .trim_end_matches('/')
         .to_owned();
     let proxy = SilentProxy::start(&target).await.expect("proxy");
+    let base = fast_config(&redis.namespace);
     let config = QueueConfig {
         idle_poll: Duration::from_secs(1),
         command_timeout: Duration::from_secs(1),
-        ..fast_config(&redis.namespace)
+        lease: lease.unwrap_or(base.lease),
+        ..base
     };
-    // The worker reaches Redis through the proxy; the producer directly.
     let behind = QueueClient::connect(&proxy.redis_url(), config.clone())
         .await
         .expect("connect through the proxy");
     let direct = QueueClient::connect(&redis.url, config).await.expect("connect");
+    Proxied {
+        _redis: redis,
+        proxy,
+        behind,
+        direct,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_worker_behind_a_silent_network_claims_again_once_it_is_back() {
+    // The worker reaches Redis through the proxy; the producer directly.
+    let Proxied {
+        _redis,
+        proxy,
+        behind,
+        direct,
+    } = behind_a_proxy(None).await;
     let (done_tx, mut done) = tokio::sync::mpsc::unbounded_channel();
     let worker = Worker::builder(behind.clone(), QUEUE)
         .concurrency(2)
@@ -91,25 +118,14 @@ async fn an_idle_worker_behind_a_silent_network_claims_again_once_it_is_back() {
 /// no wait for their leases to expire.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_claim_whose_reply_was_lost_gets_its_jobs_back_on_retry() {
-    let redis = tally_testkit::redis().await;
-    let target = redis
-        .url
-        .trim_start_matches("redis://")
-        .trim_end_matches('/')
-        .to_owned();
-    let proxy = SilentProxy::start(&target).await.expect("proxy");
-    let config = QueueConfig {
-        idle_poll: Duration::from_secs(1),
-        command_timeout: Duration::from_secs(1),
-        // Far longer than the outage: without the retry, the lost jobs would
-        // wait all of it and then be charged a crash.
-        lease: Duration::from_secs(30),
-        ..fast_config(&redis.namespace)
-    };
-    let behind = QueueClient::connect(&proxy.redis_url(), config.clone())
-        .await
-        .expect("connect through the proxy");
-    let direct = QueueClient::connect(&redis.url, config).await.expect("connect");
+    // A lease far longer than the outage: without the retry, the lost jobs
+    // would wait all of it and then be charged a crash.
+    let Proxied {
+        _redis,
+        proxy,
+        behind,
+        direct,
+    } = behind_a_proxy(Some(Duration::from_secs(30))).await;
     let (done_tx, mut done) = tokio::sync::mpsc::unbounded_channel();
     // No promoter or reaper: the claim is the only call on the shared
     // connection when the replies stop.

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Echo, QUEUE, eventually, fast_config, private_setup, spawn, wait_until_blocked};
+use common::{Echo, QUEUE, eventually, fast_config, private_setup, raw_connection, spawn, wait_until_blocked};
 use redis::AsyncCommands as _;
 use tally_jobs::Priority;
 use tally_queue::{JobContext, Producer, QueueAdmin, QueueClient, QueueConfig, QueueError, Worker, WorkerReport};
@@ -257,11 +257,7 @@ async fn the_wake_list_is_capped() {
             .await
             .expect("enqueue");
     }
-    let mut conn = redis::Client::open(server.url())
-        .expect("url")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect");
+    let mut conn = raw_connection(&server.url()).await;
     let markers: u64 = conn.llen(client.keys(QUEUE).wake()).await.expect("llen");
     assert_eq!(markers, 64);
 }
@@ -287,11 +283,7 @@ async fn scripts_are_loaded_again_after_script_flush() {
         done.load(Ordering::SeqCst) == 1
     })
     .await;
-    let mut conn = redis::Client::open(server.url())
-        .expect("url")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect");
+    let mut conn = raw_connection(&server.url()).await;
     let _: () = redis::cmd("SCRIPT")
         .arg("FLUSH")
         .query_async(&mut conn)
@@ -314,11 +306,7 @@ async fn scripts_are_loaded_again_after_script_flush() {
 async fn the_promoter_reads_the_priority_from_the_envelope() {
     let (server, client) = private_setup().await;
     let keys = client.keys(QUEUE);
-    let mut conn = redis::Client::open(server.url())
-        .expect("url")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect");
+    let mut conn = raw_connection(&server.url()).await;
     for (id, priority) in [("a", "high"), ("b", "low"), ("c", "normal")] {
         let envelope = format!(
             r#"{{"v":1,"id":"{id}","kind":"echo","queue":"test","payload":{{"n":1}},"policy":{{"maxAttempts":3,"backoff":{{"type":"fixed","baseMs":50,"maxMs":50}},"timeoutMs":5000,"priority":"{priority}"}},"createdAtMs":1}}"#

@@ -7,7 +7,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{Echo, QUEUE, eventually, private_setup, spawn, wait_until_blocked};
+use common::{Echo, QUEUE, eventually, private_setup, raw_connection, spawn, wait_until_blocked};
 use tally_queue::{JobContext, QueueAdmin, QueueClient, QueueConfig, Worker, now_ms};
 
 /// An envelope as a foreign producer writes it (docs/PROTOCOL.md, "Envelope").
@@ -46,11 +46,7 @@ async fn raw_redis_commands_enqueue_now_and_later() {
 
     // Exactly the commands of docs/PROTOCOL.md, key names spelled out.
     let ns = &client.config().prefix;
-    let mut conn = redis::Client::open(server.url())
-        .expect("url")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect");
+    let mut conn = raw_connection(&server.url()).await;
     let _: () = redis::pipe()
         .atomic()
         .cmd("HSET")

@@ -235,11 +235,7 @@ pub async fn private_setup() -> (tally_testkit::RedisServer, QueueClient) {
 /// `BLPOP` (idle workers waiting on the wake list): a wait on the real
 /// condition, where a sleep would only guess. Use with [`private_setup`].
 pub async fn wait_until_blocked(url: &str, blocked: usize) {
-    let conn = redis::Client::open(url)
-        .expect("url")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect");
+    let conn = raw_connection(url).await;
     eventually("workers blocked in BLPOP", Duration::from_secs(20), || {
         let mut conn = conn.clone();
         async move {
@@ -255,4 +251,13 @@ pub async fn wait_until_blocked(url: &str, blocked: usize) {
         }
     })
     .await;
+}
+
+/// A plain connection to the Redis at `url`, for looking at keys directly.
+pub async fn raw_connection(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url)
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect")
 }
