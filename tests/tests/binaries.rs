@@ -76,6 +76,82 @@ fn every_binary_has_help() {
     }
 }
 
+/// Like [`run`], but a binary still running after 10 s (it started the
+/// service instead of refusing its arguments) is killed and reported as such.
+fn run_briefly(binary: &str, env: &[(&str, &str)], args: &[&str]) -> std::process::Output {
+    use std::process::Stdio;
+    let mut child = Command::new(bin_dir().join(binary))
+        .env_clear()
+        .envs(env.iter().copied())
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("runs");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while child.try_wait().expect("waits").is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().expect("kills");
+            let out = child.wait_with_output().expect("collects");
+            panic!(
+                "{binary} {args:?} started the service instead of stopping: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.wait_with_output().expect("collects")
+}
+
+#[test]
+fn unknown_arguments_are_a_usage_error_and_never_start_a_service() {
+    // A full environment: were an argument ignored, the binary would start
+    // (and a worker would process real jobs); `--bogus` must stop it first.
+    // Nothing listens on port 1, so a started binary would not exit 2 with
+    // the usage line.
+    let env: &[(&str, &str)] = &[
+        ("DATABASE_URL", "postgres://tally@127.0.0.1:1/none"),
+        ("REDIS_URL", "redis://127.0.0.1:1"),
+        ("CRON_SECRET", "0123456789abcdef0"),
+        ("HEALTH_ADDR", "127.0.0.1:0"),
+        ("BIND_ADDR", "127.0.0.1:0"),
+    ];
+    for binary in ["cron-gateway", "scoring-worker", "stats-worker"] {
+        for args in [&["--bogus"][..], &["run"], &["--help", "extra"]] {
+            let out = run_briefly(binary, env, args);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{binary} {args:?}: {stderr}");
+            assert_eq!(stderr.lines().count(), 1, "{binary} {args:?}: one line, got {stderr}");
+            assert!(
+                stderr.starts_with(&format!("{binary}: unexpected argument")) && stderr.contains("--help"),
+                "{binary} {args:?}: {stderr}"
+            );
+            assert!(out.stdout.is_empty(), "{binary} {args:?}: nothing on stdout");
+        }
+        for flag in ["--version", "-V"] {
+            let out = run_briefly(binary, env, &[flag]);
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert_eq!(out.status.code(), Some(0), "{binary} {flag}: {stdout}");
+            assert_eq!(
+                stdout.trim(),
+                format!("{binary} {}", env!("CARGO_PKG_VERSION")),
+                "{binary} {flag}"
+            );
+            assert!(
+                out.stderr.is_empty(),
+                "{binary} {flag}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let out = run(binary, env, &["--help"]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{binary} --help");
+        for word in ["Usage:", "Environment:", "REDIS_URL", "--version"] {
+            assert!(text.contains(word), "{binary} --help names {word}: {text}");
+        }
+    }
+}
+
 #[tokio::test]
 async fn the_gateway_process_serves_the_cron_contract() {
     let mut stack = Stack::new(StackOptions::default()).await.expect("stack");

@@ -6,10 +6,10 @@ use std::process::ExitCode;
 use cron_gateway::{Application, Settings};
 use tally_service::{Env, shutdown_signal};
 
-const HELP: &str = "\
-cron-gateway: the endpoint the Kubernetes CronJob calls to refresh leaderboards and standings
-(and, with a database, to repair work that got lost between PostgreSQL and Redis).
+const ABOUT: &str = "the endpoint the Kubernetes CronJob calls to refresh leaderboards and standings
+(and, with a database, to repair work that got lost between PostgreSQL and Redis).";
 
+const HELP: &str = "\
 Routes: GET|POST /api/cron/update-stats[?scope=all|leaderboard|standings] (Authorization: Bearer <CRON_SECRET>),
         /healthz, /readyz, /metrics
 
@@ -27,9 +27,8 @@ Environment:
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    if std::env::args().any(|a| a == "--help" || a == "-h") {
-        println!("{HELP}");
-        return ExitCode::SUCCESS;
+    if let Some(code) = tally_service::args::handle("cron-gateway", ABOUT, HELP) {
+        return code;
     }
     let settings = match Settings::from_env(&Env::process()) {
         Ok(settings) => settings,

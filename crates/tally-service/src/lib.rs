@@ -8,6 +8,7 @@
 //! ([`observe`]); and the repairing safety net the cron call runs
 //! ([`repair`]).
 
+pub mod args;
 pub mod health;
 pub mod http_client;
 pub mod observe;

@@ -166,7 +166,8 @@ Environment:
   OUTBOX_POLL_SECS       read the outbox this often without a notification (default 5)
   RUST_LOG, LOG_FORMAT=text|json, SENTRY_DSN, OTEL_EXPORTER_OTLP_ENDPOINT  telemetry (optional)";
 
-/// The whole `main` of a worker binary: `--help`, settings (exit 2 with one
+/// The whole `main` of a worker binary: `--help`, `--version`, a usage
+/// error (exit 2) for any other argument, settings (exit 2 with one
 /// line on a bad value), telemetry, run until SIGTERM/SIGINT (exit 0 after
 /// the drain, 1 if the worker could not start).
 pub async fn main(
@@ -176,9 +177,8 @@ pub async fn main(
     register: impl FnOnce(WorkerBuilder, WorkerDeps) -> WorkerBuilder,
 ) -> std::process::ExitCode {
     use std::process::ExitCode;
-    if std::env::args().any(|a| a == "--help" || a == "-h") {
-        println!("{name}: {about}\n\n{WORKER_ENV_HELP}");
-        return ExitCode::SUCCESS;
+    if let Some(code) = crate::args::handle(name, about, WORKER_ENV_HELP) {
+        return code;
     }
     let settings = match WorkerSettings::from_env(&Env::process()) {
         Ok(settings) => settings,
