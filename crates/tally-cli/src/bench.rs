@@ -22,7 +22,7 @@ async fn queue(cli: &Cli, use_redis_url: bool) -> anyhow::Result<()> {
     let mut settings = tally_queue::bench::BenchSettings::from_env()?;
     let mut private = None;
     if use_redis_url {
-        settings.redis_url.clone_from(&cli.redis_url);
+        crate::commands::redis_url(cli)?.clone_into(&mut settings.redis_url);
     } else {
         let port = crate::services::free_port()?;
         let dir = std::env::temp_dir().join(format!("tally-bench-redis-{port}"));

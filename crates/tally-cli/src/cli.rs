@@ -11,21 +11,21 @@ pub struct Cli {
     /// PostgreSQL URL.
     #[arg(long, global = true, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
-    /// Redis URL of the queues.
-    #[arg(
-        long,
-        global = true,
-        env = "REDIS_URL",
-        default_value = "redis://127.0.0.1:6379",
-        hide_env_values = true
-    )]
-    pub redis_url: String,
+    /// Redis URL of the queues. Required by every command that reads or
+    /// writes the queues (enqueue, queue stats, queue dead …): there is no
+    /// default, so a forgotten setting never reads or writes an unrelated
+    /// Redis on 127.0.0.1:6379.
+    #[arg(long, global = true, env = "REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
     /// Key prefix of every queue key.
     #[arg(long, global = true, env = "TALLY_QUEUE_PREFIX", default_value = "tally")]
     pub queue_prefix: String,
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Say on stderr which Redis and database (passwords hidden) a command uses.
+    #[arg(long, short = 'v', global = true)]
+    pub verbose: bool,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,

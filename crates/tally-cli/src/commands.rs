@@ -47,16 +47,53 @@ pub async fn connect_store(cli: &Cli) -> anyhow::Result<Store> {
         .database_url
         .as_deref()
         .context("DATABASE_URL is not set (or pass --database-url)")?;
+    if cli.verbose {
+        eprintln!("database: {}", tally_service::redact_url(url));
+    }
     Store::connect(url, 4)
         .await
         .with_context(|| format!("cannot connect to {}", tally_service::redact_url(url)))
 }
 
+/// The Redis URL from `--redis-url` / `REDIS_URL`; there is deliberately no
+/// default (a usage error, exit 2, names the setting).
+pub fn redis_url(cli: &Cli) -> anyhow::Result<&str> {
+    cli.redis_url.as_deref().ok_or_else(|| {
+        crate::UsageError(
+            "REDIS_URL is not set (or pass --redis-url): tally does not assume a Redis on 127.0.0.1:6379".into(),
+        )
+        .into()
+    })
+}
+
+/// The Redis a command uses, password hidden, for `--verbose` and `--json`.
+pub fn shown_redis(cli: &Cli) -> Option<String> {
+    cli.redis_url.as_deref().map(tally_service::redact_url)
+}
+
 /// A queue client for `--redis-url` / `REDIS_URL` under the configured prefix.
 pub async fn connect_queue(cli: &Cli) -> anyhow::Result<QueueClient> {
-    QueueClient::connect(&cli.redis_url, QueueConfig::with_prefix(&cli.queue_prefix))
+    let url = redis_url(cli)?;
+    if cli.verbose {
+        eprintln!(
+            "redis: {} (queue prefix {})",
+            tally_service::redact_url(url),
+            cli.queue_prefix
+        );
+    }
+    QueueClient::connect(url, QueueConfig::with_prefix(&cli.queue_prefix))
         .await
-        .with_context(|| format!("cannot reach Redis at {}", tally_service::redact_url(&cli.redis_url)))
+        .with_context(|| format!("cannot reach Redis at {}", tally_service::redact_url(url)))
+}
+
+/// `value` (a JSON object) with a `"redis"` key naming the Redis used: an
+/// extension of the documented shapes, which keep every key they had.
+fn with_redis(cli: &Cli, value: impl serde::Serialize) -> anyhow::Result<serde_json::Value> {
+    let mut value = serde_json::to_value(value)?;
+    if let (Some(object), Some(shown)) = (value.as_object_mut(), shown_redis(cli)) {
+        object.insert("redis".into(), shown.into());
+    }
+    Ok(value)
 }
 
 fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
@@ -248,7 +285,7 @@ async fn queue_stats(cli: &Cli, queues: &[String]) -> anyhow::Result<()> {
         },
     };
     if cli.json {
-        let mut out = json!({ "queues": all });
+        let mut out = with_redis(cli, json!({ "queues": all }))?;
         if let Some(backlog) = outbox {
             out["outbox"] = serde_json::to_value(backlog)?;
         }
@@ -335,7 +372,10 @@ async fn dead(cli: &Cli, cmd: &DeadCommand) -> anyhow::Result<()> {
                 (retried, (ids.len() as u64).saturating_sub(retried))
             };
             if cli.json {
-                return print_json(&json!({ "queue": queue, "retried": retried, "skipped": skipped }));
+                return print_json(&with_redis(
+                    cli,
+                    json!({ "queue": queue, "retried": retried, "skipped": skipped }),
+                )?);
             }
             print!("{retried} dead job(s) of {queue} put back on the ready list");
             if skipped > 0 {
@@ -353,6 +393,9 @@ async fn dead(cli: &Cli, cmd: &DeadCommand) -> anyhow::Result<()> {
         } => {
             let which = selector(ids, *all, *older_than_hours)?;
             let n = admin.dead_purge(queue, which).await?;
+            if cli.json {
+                return print_json(&with_redis(cli, json!({ "queue": queue, "purged": n }))?);
+            }
             println!("{n} dead job(s) of {queue} purged");
         }
     }
@@ -429,7 +472,7 @@ async fn enqueue(cli: &Cli, cmd: &EnqueueCommand) -> anyhow::Result<()> {
         }
     };
     if cli.json {
-        return print_json(&job);
+        return print_json(&with_redis(cli, &job)?);
     }
     println!(
         "enqueued job {}{}",

@@ -35,6 +35,7 @@ pub async fn run(cli: &Cli, args: &DemoArgs) -> anyhow::Result<()> {
         .database_url
         .clone()
         .context("DATABASE_URL is not set: run `make demo`, which starts a private PostgreSQL")?;
+    crate::commands::redis_url(cli)?;
 
     step(1, "migrating the database");
     let store = connect_store(cli).await?;
@@ -71,7 +72,7 @@ pub async fn run(cli: &Cli, args: &DemoArgs) -> anyhow::Result<()> {
     let admin = QueueAdmin::new(client);
     let secret = format!("demo-{:032x}", rand::rng().random::<u128>());
     let env = vec![
-        ("REDIS_URL".to_owned(), cli.redis_url.clone()),
+        ("REDIS_URL".to_owned(), crate::commands::redis_url(cli)?.to_owned()),
         ("DATABASE_URL".to_owned(), database_url),
         ("TALLY_QUEUE_PREFIX".to_owned(), cli.queue_prefix.clone()),
         ("CRON_SECRET".to_owned(), secret.clone()),

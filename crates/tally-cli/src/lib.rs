@@ -20,6 +20,19 @@ pub mod verify;
 
 pub use cli::Cli;
 
+/// An error in how the command was called (a missing setting), which `main`
+/// reports with exit code 2 like clap's own usage errors.
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
 /// Runs one parsed command line.
 ///
 /// Telemetry is set up only when it would send something (an OTLP endpoint or

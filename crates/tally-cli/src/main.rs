@@ -12,7 +12,12 @@ async fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("tally: {e:#}");
-            ExitCode::FAILURE
+            // A missing setting is a usage error, like clap's own (exit 2).
+            if e.downcast_ref::<tally_cli::UsageError>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

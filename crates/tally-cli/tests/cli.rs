@@ -329,3 +329,75 @@ async fn match_finish_commits_the_result_and_its_job_together_even_with_redis_aw
     assert!(stats["outbox"]["oldestPendingAgeMs"].is_u64(), "{stats}");
     assert!(stats["queues"]["scoring"].is_object(), "{stats}");
 }
+
+/// Runs `tally args…` with an empty environment (no REDIS_URL).
+fn tally_bare(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tally"))
+        .env_clear()
+        .args(args)
+        .output()
+        .expect("tally runs")
+}
+
+#[tokio::test]
+async fn without_redis_url_no_command_falls_back_to_a_default_redis() {
+    // Writing and reading alike: a default Redis could be an unrelated one.
+    for args in [
+        &["enqueue", "refresh-views"][..],
+        &["enqueue", "score-match", "7"],
+        &["queue", "dead", "retry", "--all"],
+        &["queue", "dead", "purge", "--all"],
+        &["queue", "dead", "list"],
+        &["--json", "queue", "stats"],
+    ] {
+        let out = tally_bare(args);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "tally {args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "tally {args:?}: one line, got {err}");
+        assert!(
+            err.contains("REDIS_URL is not set") && err.contains("--redis-url"),
+            "tally {args:?}: {err}"
+        );
+        assert!(out.stdout.is_empty(), "tally {args:?}: {}", stdout(&out));
+    }
+
+    // The flag is enough, and the output says which Redis was used.
+    let redis = tally_testkit::redis().await;
+    let out = Command::new(env!("CARGO_BIN_EXE_tally"))
+        .env_clear()
+        .env("TALLY_QUEUE_PREFIX", &redis.namespace)
+        .args([
+            "--redis-url",
+            &redis.url,
+            "--verbose",
+            "--json",
+            "enqueue",
+            "refresh-views",
+        ])
+        .output()
+        .expect("tally runs");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let job: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(job["redis"], redis.url.as_str(), "{job}");
+    assert!(job["id"].is_string(), "the job's own fields stay: {job}");
+    assert!(
+        stderr(&out).contains(&format!("redis: {}", redis.url)),
+        "--verbose names the Redis: {}",
+        stderr(&out)
+    );
+    let stats = tally(&redis, &["--json", "queue", "stats"]);
+    let stats: serde_json::Value = serde_json::from_slice(&stats.stdout).expect("JSON");
+    assert_eq!(stats["redis"], redis.url.as_str(), "{stats}");
+    assert_eq!(stats["queues"]["stats"]["ready"], 1, "{stats}");
+
+    // A password never shows.
+    let out = Command::new(env!("CARGO_BIN_EXE_tally"))
+        .env_clear()
+        .env("REDIS_URL", "redis://:s3cret@127.0.0.1:1")
+        .args(["--verbose", "queue", "stats"])
+        .output()
+        .expect("tally runs");
+    let err = stderr(&out);
+    assert!(err.contains("redis: redis://:***@127.0.0.1:1"), "{err}");
+    assert!(!err.contains("s3cret"), "{err}");
+}
