@@ -22,6 +22,7 @@ test: deps ## Run all tests against throwaway Redis and PostgreSQL servers
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace --all-targets --no-fail-fast
 	scripts/test-typescript.sh
+	scripts/test-servers.sh
 
 .PHONY: lint
 lint: ## cargo fmt --check and clippy with warnings as errors
@@ -50,5 +51,6 @@ check-deploy: ## Lint the Dockerfile and compose file, validate the Kubernetes m
 	scripts/check-alerts.sh
 
 .PHONY: clean-state
-clean-state: ## Remove the demo's local state directory
+clean-state: ## Remove the demo's local state directory (and, as root, its PostgreSQL data in ~postgres)
+	@if [ -f .state/pg-location ]; then case "$$(cat .state/pg-location)" in */tally-*/pg) rm -rf "$$(dirname "$$(cat .state/pg-location)")" ;; esac; fi
 	rm -rf .state

@@ -1,7 +1,11 @@
 # Shell helpers, sourced by demo.sh and bench.sh: start a private redis-server
 # and PostgreSQL under a state directory on free loopback ports, and stop
 # everything started here on exit. PostgreSQL runs as the `postgres` user
-# when we are root (it refuses to run as root).
+# when we are root (it refuses to run as root); its data directory then lives
+# in that user's own home (`~postgres/tally-<hash of STATE_DIR>`, created by
+# the postgres user itself), so no permission anywhere is loosened: the
+# postgres user cannot, and need not, reach STATE_DIR. The path is written
+# to STATE_DIR/pg-location; `pg_data_dir STATE_DIR` prints it.
 #
 #   source scripts/servers.sh
 #   start_private_redis  "$state"        # exports REDIS_URL
@@ -46,32 +50,43 @@ start_private_redis() {
   die "redis-server did not start, see $state/redis.log"
 }
 
+# pg_data_dir STATE_DIR: where start_private_postgres keeps the cluster.
+# As a normal user, STATE_DIR/pg. As root, a directory in the postgres user's
+# home (which that user owns and can reach), named after STATE_DIR so two
+# checkouts do not share a cluster; nothing else needs its permissions changed.
+pg_data_dir() {
+  local state=$1
+  if [ "$(id -u)" != 0 ]; then echo "$state/pg"; return; fi
+  local home; home=$(getent passwd postgres | cut -d: -f6)
+  [ -n "$home" ] && [ -d "$home" ] \
+    || die "running as root, PostgreSQL runs as the postgres user, whose home directory (${home:-none}) does not exist"
+  echo "$home/tally-$(printf %s "$state" | sha1sum | cut -c1-12)/pg"
+}
+
 # start_private_postgres STATE_DIR DATABASE
 start_private_postgres() {
   local state=$1 db=$2
   local port; port=$(free_port)
+  local data; data=$(pg_data_dir "$state")
   local run_as=()
   if [ "$(id -u)" = 0 ]; then run_as=(setpriv --reuid=postgres --regid=postgres --init-groups); fi
-  if [ ! -f "$state/pg/PG_VERSION" ]; then
-    say "initialising a private PostgreSQL cluster in $state/pg"
-    rm -rf "$state/pg"; mkdir -p "$state/pg"
-    if [ "$(id -u)" = 0 ]; then
-      chown -R postgres:postgres "$state/pg"
-      # The postgres user must be able to reach its directory.
-      local d=$state
-      while [ "$d" != / ]; do chmod o+x "$d" 2>/dev/null || true; d=$(dirname "$d"); done
-    fi
-    "${run_as[@]}" "$(pg_bin initdb)" -D "$state/pg" -U postgres --auth=trust --no-sync -E UTF8 --locale=C \
+  echo "$data" >"$state/pg-location"
+  if ! "${run_as[@]}" test -f "$data/PG_VERSION"; then
+    say "initialising a private PostgreSQL cluster in $data"
+    # Created by the user that runs PostgreSQL, in a directory it owns.
+    "${run_as[@]}" rm -rf "$data"
+    "${run_as[@]}" mkdir -p -m 700 "$data" || die "cannot create $data"
+    "${run_as[@]}" "$(pg_bin initdb)" -D "$data" -U postgres --auth=trust --no-sync -E UTF8 --locale=C \
       >"$state/initdb.log" 2>&1 || die "initdb failed, see $state/initdb.log"
   fi
   say "starting PostgreSQL on 127.0.0.1:$port"
-  "${run_as[@]}" "$(pg_bin postgres)" -D "$state/pg" -p "$port" -k "$state/pg" -c listen_addresses=127.0.0.1 \
+  "${run_as[@]}" "$(pg_bin postgres)" -D "$data" -p "$port" -k "$data" -c listen_addresses=127.0.0.1 \
     -c fsync=off -c synchronous_commit=off -c full_page_writes=off >"$state/postgres.log" 2>&1 &
   started_pids+=("$!")
   for _ in $(seq 100); do
     "$(pg_bin pg_isready)" -h 127.0.0.1 -p "$port" -q 2>/dev/null && break; sleep 0.1
   done
-  "$(pg_bin psql)" -h 127.0.0.1 -p "$port" -U postgres -d postgres -qAt \
+  PGOPTIONS='-c client_min_messages=warning' "$(pg_bin psql)" -h 127.0.0.1 -p "$port" -U postgres -d postgres -qAt \
     -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "CREATE DATABASE $db" >/dev/null \
     || die "cannot create database $db, see $state/postgres.log"
   export DATABASE_URL="postgres://postgres@127.0.0.1:$port/$db"

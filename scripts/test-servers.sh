@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Checks scripts/servers.sh as demo.sh uses it: a private PostgreSQL and
+# redis-server start under a state directory inside a private (mode 700)
+# folder, answer, and stop, and no folder's permissions were changed on the
+# way (run as root, PostgreSQL runs as the postgres user, which cannot reach
+# the state directory: its data must live where that user can reach it).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+TALLY_SCRIPT=test-servers
+source scripts/servers.sh
+
+top=$(mktemp -d)          # mode 700
+state="$top/a/b/state"
+mkdir -p "$state"
+chmod 700 "$top/a" "$top/a/b" "$state"
+modes() { stat -c '%a %n' "$top" "$top/a" "$top/a/b" "$state" "$(dirname "$top")"; }
+before=$(modes)
+cleanup() {
+  stop_started_servers
+  if [ -f "$state/pg-location" ]; then
+    data=$(cat "$state/pg-location")
+    case "$data" in */tally-*/pg) rm -rf "$(dirname "$data")" ;; esac
+  fi
+  rm -rf "$top"
+}
+trap cleanup EXIT
+
+start_private_redis "$state"
+start_private_postgres "$state" tally_check
+answer=$("$(pg_bin psql)" "$DATABASE_URL" -qAt -c 'SELECT 1')
+[ "$answer" = 1 ] || die "PostgreSQL answered ${answer:-nothing}"
+redis-cli -u "$REDIS_URL" ping | grep -q PONG || die "redis-server does not answer"
+after=$(modes)
+[ "$before" = "$after" ] || die "permissions changed: before [$before] after [$after]"
+stop_started_servers
+if "$(pg_bin pg_isready)" -d "$DATABASE_URL" -q; then die "PostgreSQL still running after stop"; fi
+say "ok: servers started and stopped, no permission changed ($(tr '\n' ' ' <<<"$after"))"
