@@ -18,7 +18,13 @@ pub struct Cli {
     #[arg(long, global = true, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
     /// Key prefix of every queue key.
-    #[arg(long, global = true, env = "TALLY_QUEUE_PREFIX", default_value = "tally")]
+    #[arg(
+        long,
+        global = true,
+        env = "TALLY_QUEUE_PREFIX",
+        default_value = "tally",
+        hide_env_values = true
+    )]
     pub queue_prefix: String,
     /// Print JSON instead of tables.
     #[arg(long, global = true)]

@@ -401,3 +401,25 @@ async fn without_redis_url_no_command_falls_back_to_a_default_redis() {
     assert!(err.contains("redis: redis://:***@127.0.0.1:1"), "{err}");
     assert!(!err.contains("s3cret"), "{err}");
 }
+
+#[test]
+fn help_does_not_show_unset_settings_as_empty() {
+    let out = tally_bare(&["--help"]);
+    assert!(out.status.success());
+    let help = stdout(&out);
+    assert!(help.contains("[env: TALLY_QUEUE_PREFIX]"), "{help}");
+    assert!(!help.contains("TALLY_QUEUE_PREFIX=]"), "{help}");
+}
+
+#[test]
+fn verbose_shows_a_url_without_password_as_it_is() {
+    let out = Command::new(env!("CARGO_BIN_EXE_tally"))
+        .env_clear()
+        .env("DATABASE_URL", "postgres://postgres@127.0.0.1:1/none")
+        .args(["--verbose", "standings", "--competition", "1"])
+        .output()
+        .expect("tally runs");
+    let err = stderr(&out);
+    assert!(err.contains("database: postgres://postgres@127.0.0.1:1/none"), "{err}");
+    assert!(!err.contains("***"), "no password to hide: {err}");
+}

@@ -157,17 +157,20 @@ impl Env {
     }
 }
 
-/// A URL with its password replaced by `***`, safe for logs and errors.
+/// A URL with its password (if it has one) replaced by `***`, safe for logs
+/// and errors.
 pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
     let (authority, tail) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
     match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
-            format!("{scheme}://{user}:***@{host}{tail}")
-        }
+        // A user without a password is shown as it is: `:***` there would
+        // suggest a password that is not set.
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}{tail}"),
+            None => format!("{scheme}://{userinfo}@{host}{tail}"),
+        },
         None => url.to_owned(),
     }
 }
@@ -215,6 +218,11 @@ mod tests {
         );
         assert_eq!(redact_url("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
         assert_eq!(redact_url("redis://:pw@r:6379/0"), "redis://:***@r:6379/0");
+        assert_eq!(
+            redact_url("postgres://postgres@127.0.0.1:5432/tally"),
+            "postgres://postgres@127.0.0.1:5432/tally",
+            "no password, nothing to hide"
+        );
     }
 
     #[test]
