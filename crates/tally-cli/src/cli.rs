@@ -167,7 +167,7 @@ pub enum QueueCommand {
     /// outbox backlog when DATABASE_URL is set).
     Stats {
         /// Queues to show (default: scoring and stats).
-        #[arg(long = "queue")]
+        #[arg(long = "queue", value_parser = crate::commands::QUEUES)]
         queues: Vec<String>,
     },
     /// The dead-letter set.
@@ -180,9 +180,9 @@ pub enum QueueCommand {
 pub enum DeadCommand {
     /// List dead jobs with their last error.
     List {
-        /// Queue.
-        #[arg(long, default_value = "stats")]
-        queue: String,
+        /// Queue (default: every queue).
+        #[arg(long, value_parser = crate::commands::QUEUES)]
+        queue: Option<String>,
         /// At most this many.
         #[arg(long, default_value_t = 50)]
         limit: usize,
@@ -193,7 +193,7 @@ pub enum DeadCommand {
     /// Put dead jobs back on their ready list with fresh attempts.
     Retry {
         /// Queue.
-        #[arg(long, default_value = "stats")]
+        #[arg(long, default_value = "stats", value_parser = crate::commands::QUEUES)]
         queue: String,
         /// Job ids (or --all).
         ids: Vec<String>,
@@ -204,7 +204,7 @@ pub enum DeadCommand {
     /// Delete dead jobs.
     Purge {
         /// Queue.
-        #[arg(long, default_value = "stats")]
+        #[arg(long, default_value = "stats", value_parser = crate::commands::QUEUES)]
         queue: String,
         /// Job ids (or --all / --older-than).
         ids: Vec<String>,

@@ -334,20 +334,42 @@ async fn dead(cli: &Cli, cmd: &DeadCommand) -> anyhow::Result<()> {
             limit,
             envelopes,
         } => {
-            let jobs = admin.dead_list(queue, 0, *limit).await?;
-            if cli.json {
-                return print_json(&jobs);
+            // Every queue unless one is named: a dead job must not hide on
+            // the queue nobody asked about.
+            let queues: Vec<&str> = match queue {
+                Some(q) => vec![q.as_str()],
+                None => QUEUES.to_vec(),
+            };
+            let mut listed = Vec::new();
+            for q in &queues {
+                for job in admin.dead_list(q, 0, *limit).await? {
+                    listed.push((*q, job));
+                }
             }
-            if jobs.is_empty() {
-                println!("no dead jobs in {queue}");
+            if cli.json {
+                // Each job as before, plus the queue it is dead on.
+                let mut out = Vec::with_capacity(listed.len());
+                for (q, job) in &listed {
+                    let mut value = serde_json::to_value(job)?;
+                    if let Some(object) = value.as_object_mut() {
+                        object.insert("queue".into(), (*q).into());
+                    }
+                    out.push(value);
+                }
+                return print_json(&out);
+            }
+            if listed.is_empty() {
+                println!("no dead jobs in {}", queues.join(" or "));
                 return Ok(());
             }
-            let rows: Vec<Vec<String>> = jobs
+            let jobs: Vec<_> = listed.iter().map(|(_, j)| j).collect();
+            let rows: Vec<Vec<String>> = listed
                 .iter()
-                .map(|j| {
+                .map(|(q, j)| {
                     let died = chrono::DateTime::from_timestamp_millis(j.died_at_ms as i64)
                         .map_or_else(String::new, |t| t.format("%Y-%m-%d %H:%M:%S").to_string());
                     vec![
+                        (*q).to_owned(),
                         j.id.clone(),
                         j.kind.clone().unwrap_or_else(|| "?".into()),
                         j.attempts.to_string(),
@@ -356,7 +378,10 @@ async fn dead(cli: &Cli, cmd: &DeadCommand) -> anyhow::Result<()> {
                     ]
                 })
                 .collect();
-            print!("{}", table(&["id", "kind", ">attempts", "died", "last error"], &rows));
+            print!(
+                "{}",
+                table(&["queue", "id", "kind", ">attempts", "died", "last error"], &rows)
+            );
             if *envelopes {
                 for j in &jobs {
                     println!("{}: {}", j.id, j.envelope.as_deref().unwrap_or("(unreadable)"));
@@ -368,6 +393,7 @@ async fn dead(cli: &Cli, cmd: &DeadCommand) -> anyhow::Result<()> {
                 retry_all(&admin, queue).await?
             } else {
                 anyhow::ensure!(!ids.is_empty(), "name the job ids, or pass --all");
+                ensure_dead(&admin, queue, ids).await?;
                 let retried = admin.dead_retry(queue, DeadSelector::Ids(ids.clone())).await?;
                 (retried, (ids.len() as u64).saturating_sub(retried))
             };
@@ -392,6 +418,9 @@ async fn dead(cli: &Cli, cmd: &DeadCommand) -> anyhow::Result<()> {
             older_than_hours,
         } => {
             let which = selector(ids, *all, *older_than_hours)?;
+            if let DeadSelector::Ids(ids) = &which {
+                ensure_dead(&admin, queue, ids).await?;
+            }
             let n = admin.dead_purge(queue, which).await?;
             if cli.json {
                 return print_json(&with_redis(cli, json!({ "queue": queue, "purged": n }))?);
@@ -399,6 +428,24 @@ async fn dead(cli: &Cli, cmd: &DeadCommand) -> anyhow::Result<()> {
             println!("{n} dead job(s) of {queue} purged");
         }
     }
+    Ok(())
+}
+
+/// Fails, naming them, when any of `ids` is not a dead job of `queue`, so
+/// a mistyped id is an error rather than "0 put back", and nothing is
+/// touched.
+async fn ensure_dead(admin: &QueueAdmin, queue: &str, ids: &[String]) -> anyhow::Result<()> {
+    let mut unknown = Vec::new();
+    for id in ids {
+        if admin.dead_get(queue, id).await?.is_none() {
+            unknown.push(id.as_str());
+        }
+    }
+    anyhow::ensure!(
+        unknown.is_empty(),
+        "no dead job {} on queue {queue}; nothing changed (see `tally queue dead list`)",
+        unknown.join(", ")
+    );
     Ok(())
 }
 

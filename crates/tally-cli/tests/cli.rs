@@ -423,3 +423,60 @@ fn verbose_shows_a_url_without_password_as_it_is() {
     assert!(err.contains("database: postgres://postgres@127.0.0.1:1/none"), "{err}");
     assert!(!err.contains("***"), "no password to hide: {err}");
 }
+
+#[tokio::test]
+async fn dead_jobs_are_listed_on_every_queue_and_unknown_ids_or_queues_are_errors() {
+    let redis = tally_testkit::redis().await;
+    let client = client(&redis);
+    let admin = QueueAdmin::new(client.clone());
+    let now = tally_queue::now_ms();
+    bury_without_envelope(&redis, &client.keys(ScoreMatch::QUEUE), &[("lost-1".to_owned(), now)]).await;
+
+    // The dead job on `scoring` shows without naming the queue.
+    let out = tally(&redis, &["queue", "dead", "list"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("lost-1"), "{}", stdout(&out));
+    let out = tally(&redis, &["--json", "queue", "dead", "list"]);
+    let jobs: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(jobs[0]["id"], "lost-1", "{jobs}");
+    assert_eq!(jobs[0]["queue"], "scoring", "{jobs}");
+
+    // An id that is not dead is an error, and nothing is touched.
+    for verb in ["retry", "purge"] {
+        let out = tally(
+            &redis,
+            &["queue", "dead", verb, "--queue", "scoring", "not-an-id", "lost-1"],
+        );
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{verb}: {err}");
+        assert!(
+            err.contains("not-an-id") && err.contains("tally queue dead list"),
+            "{verb}: {err}"
+        );
+        assert_eq!(err.lines().count(), 1, "{verb}: {err}");
+        assert_eq!(admin.stats(ScoreMatch::QUEUE).await.expect("stats").dead, 1, "{verb}");
+    }
+
+    // An unknown queue is a usage error everywhere.
+    for args in [
+        &["queue", "stats", "--queue", "nosuch"][..],
+        &["queue", "dead", "list", "--queue", "nosuch"],
+        &["queue", "dead", "retry", "--queue", "nosuch", "--all"],
+        &["queue", "dead", "purge", "--queue", "nosuch", "--all"],
+    ] {
+        let out = tally(&redis, args);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains("nosuch") && err.contains("scoring"), "{args:?}: {err}");
+    }
+
+    // A known id is purged, with a JSON answer.
+    let out = tally(
+        &redis,
+        &["--json", "queue", "dead", "purge", "--queue", "scoring", "lost-1"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(answer["purged"], 1, "{answer}");
+    assert_eq!(admin.stats(ScoreMatch::QUEUE).await.expect("stats").dead, 0);
+}
