@@ -16,7 +16,7 @@ source scripts/servers.sh
 
 scripts/ensure-deps.sh
 say "building the binaries (cargo build --bins)"
-cargo build --quiet --bins
+cargo build --bins   # not --quiet: a cold build takes minutes, its progress shows
 
 state="$PWD/.state"
 mkdir -p "$state"

@@ -13,8 +13,10 @@
 
 started_pids=()
 
-say() { printf '\033[1m[%s]\033[0m %s\n' "${TALLY_SCRIPT:-tally}" "$*" >&2; }
-die() { printf '\033[31m[%s] %s\033[0m\n' "${TALLY_SCRIPT:-tally}" "$*" >&2; exit 1; }
+# Colour only on a terminal and without NO_COLOR (https://no-color.org).
+colour() { [ -t 2 ] && [ -z "${NO_COLOR:-}" ]; }
+say() { if colour; then printf '\033[1m[%s]\033[0m %s\n' "${TALLY_SCRIPT:-tally}" "$*" >&2; else printf '[%s] %s\n' "${TALLY_SCRIPT:-tally}" "$*" >&2; fi; }
+die() { if colour; then printf '\033[31m[%s] %s\033[0m\n' "${TALLY_SCRIPT:-tally}" "$*" >&2; else printf '[%s] %s\n' "${TALLY_SCRIPT:-tally}" "$*" >&2; fi; exit 1; }
 
 stop_started_servers() {
   local pid

@@ -9,6 +9,11 @@ cd "$(dirname "$0")/.."
 TALLY_SCRIPT=test-servers
 source scripts/servers.sh
 
+# No colour codes when the output is not a terminal (piped, as here).
+esc=$'\033'
+case "$(say plain 2>&1)" in *"$esc"*) die "say colours a pipe" ;; esac
+case "$(make --no-print-directory help)" in *"$esc"*) die "make help colours a pipe" ;; esac
+
 top=$(mktemp -d)          # mode 700
 state="$top/a/b/state"
 mkdir -p "$state"

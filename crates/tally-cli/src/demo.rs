@@ -25,7 +25,7 @@ use crate::services::Service;
 use crate::verify;
 
 fn step(n: usize, text: &str) {
-    eprintln!("\n\x1b[1m[{n}/8] {text}\x1b[0m");
+    eprintln!("\n{}", crate::output::styled("1", &format!("[{n}/8] {text}")));
 }
 
 /// Runs the demo.
@@ -119,7 +119,8 @@ pub async fn run(cli: &Cli, args: &DemoArgs) -> anyhow::Result<()> {
         args.log_dir.display()
     );
     eprintln!(
-        "\n\x1b[32mdemo passed\x1b[0m: {} results → leaderboards and tables verified fresh {:.0} ms after the first result; {:.1} s in all; logs in {}",
+        "\n{}: {} results → leaderboards and tables verified fresh {:.0} ms after the first result; {:.1} s in all; logs in {}",
+        crate::output::styled("32", "demo passed"),
         matchday.len(),
         fresh_after.as_secs_f64() * 1000.0,
         started.elapsed().as_secs_f64(),

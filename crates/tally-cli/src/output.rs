@@ -3,6 +3,22 @@
 use std::io::{IsTerminal as _, Write as _};
 use std::sync::Mutex;
 
+/// Whether to colour: only on a terminal, and never with `NO_COLOR` set to
+/// anything non-empty (<https://no-color.org>).
+pub fn colour_wanted(terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    terminal && no_color.is_none_or(std::ffi::OsStr::is_empty)
+}
+
+/// `text` in the ANSI style `sgr` (such as `"1"` bold or `"32"` green) when
+/// stderr is a terminal and `NO_COLOR` is unset; plain text otherwise.
+pub fn styled(sgr: &str, text: &str) -> String {
+    if colour_wanted(std::io::stderr().is_terminal(), std::env::var_os("NO_COLOR").as_deref()) {
+        format!("\x1b[{sgr}m{text}\x1b[0m")
+    } else {
+        text.to_owned()
+    }
+}
+
 /// Renders rows as an aligned table with a header line. Columns whose header
 /// starts with `>` are right-aligned (the `>` is not printed).
 pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
@@ -107,6 +123,15 @@ impl Progress {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        use std::ffi::OsStr;
+        assert!(colour_wanted(true, None));
+        assert!(colour_wanted(true, Some(OsStr::new(""))));
+        assert!(!colour_wanted(true, Some(OsStr::new("1"))));
+        assert!(!colour_wanted(false, None));
+    }
 
     #[test]
     fn tables_align_columns() {
