@@ -511,7 +511,21 @@ fn selector(ids: &[String], all: bool, older_than_hours: Option<u64>) -> anyhow:
 async fn enqueue(cli: &Cli, cmd: &EnqueueCommand) -> anyhow::Result<()> {
     let producer = Producer::new(connect_queue(cli).await?);
     let job = match cmd {
-        EnqueueCommand::ScoreMatch { id } => enqueue_scoring(&producer, *id).await?,
+        EnqueueCommand::ScoreMatch { id } => {
+            // With a database at hand, a job for a match that does not
+            // exist (bound for the dead set) is refused before it is sent.
+            if cli.database_url.is_some() {
+                let store = connect_store(cli).await?;
+                let found = store
+                    .pool()
+                    .get()
+                    .await?
+                    .query_opt("SELECT 1 FROM matches WHERE id = $1", &[id])
+                    .await?;
+                anyhow::ensure!(found.is_some(), "no match {id} in the database; nothing enqueued");
+            }
+            enqueue_scoring(&producer, *id).await?
+        }
         EnqueueCommand::RefreshViews { scope } => {
             let scope = RefreshScope::parse(scope)
                 .with_context(|| format!("invalid scope {scope:?}: expected all, leaderboard or standings"))?;

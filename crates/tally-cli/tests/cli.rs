@@ -480,3 +480,30 @@ async fn dead_jobs_are_listed_on_every_queue_and_unknown_ids_or_queues_are_error
     assert_eq!(answer["purged"], 1, "{answer}");
     assert_eq!(admin.stats(ScoreMatch::QUEUE).await.expect("stats").dead, 0);
 }
+
+#[tokio::test]
+async fn enqueue_score_match_of_a_match_that_does_not_exist_is_refused_when_the_database_is_known() {
+    let db = tally_testkit::database().await;
+    tally_store::migrate_url(&db.url).await.expect("migrated");
+    let redis = tally_testkit::redis().await;
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_tally"))
+            .env_clear()
+            .env("DATABASE_URL", &db.url)
+            .env("REDIS_URL", &redis.url)
+            .env("TALLY_QUEUE_PREFIX", &redis.namespace)
+            .args(args)
+            .output()
+            .expect("tally runs")
+    };
+    let out = run(&["enqueue", "score-match", "99999"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("no match 99999"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    let stats = QueueAdmin::new(client(&redis))
+        .stats(ScoreMatch::QUEUE)
+        .await
+        .expect("stats");
+    assert_eq!(stats.ready, 0, "nothing enqueued: {stats:?}");
+}
