@@ -209,3 +209,24 @@ async fn without_collector_or_dsn_a_service_starts_with_one_telemetry_line_and_n
         );
     }
 }
+
+#[test]
+fn a_taken_port_names_the_setting() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let out = run_briefly(
+        "cron-gateway",
+        &[
+            ("CRON_SECRET", "0123456789abcdef0"),
+            ("REDIS_URL", "redis://127.0.0.1:1"),
+            ("BIND_ADDR", &addr),
+        ],
+        &[],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot listen on BIND_ADDR={addr}")),
+        "{stderr}"
+    );
+}

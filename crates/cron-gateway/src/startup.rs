@@ -160,7 +160,8 @@ impl Application {
         })
         .disable_signals()
         .shutdown_timeout(settings.shutdown_timeout.as_secs())
-        .bind(settings.bind_addr)?;
+        .bind(settings.bind_addr)
+        .map_err(|e| anyhow::anyhow!("cannot listen on BIND_ADDR={}: {e}", settings.bind_addr))?;
         let addr = server.addrs().first().copied().unwrap_or(settings.bind_addr);
         Ok(Application {
             server: server.run(),
