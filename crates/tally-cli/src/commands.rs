@@ -71,9 +71,20 @@ pub fn shown_redis(cli: &Cli) -> Option<String> {
     cli.redis_url.as_deref().map(tally_service::redact_url)
 }
 
+/// The URL schemes the queue client takes.
+const REDIS_SCHEMES: [&str; 4] = ["redis://", "rediss://", "redis+cluster://", "rediss+cluster://"];
+
 /// A queue client for `--redis-url` / `REDIS_URL` under the configured prefix.
 pub async fn connect_queue(cli: &Cli) -> anyhow::Result<QueueClient> {
     let url = redis_url(cli)?;
+    if !REDIS_SCHEMES.iter().any(|s| url.starts_with(s)) {
+        return Err(crate::UsageError(format!(
+            "REDIS_URL={:?} does not parse: expected a URL starting with {}",
+            tally_service::redact_url(url),
+            REDIS_SCHEMES.join(" or ")
+        ))
+        .into());
+    }
     if cli.verbose {
         eprintln!(
             "redis: {} (queue prefix {})",

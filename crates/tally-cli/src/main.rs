@@ -11,7 +11,7 @@ async fn main() -> ExitCode {
     match tally_cli::run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("tally: {e:#}");
+            eprintln!("tally: {}", tally_cli::error_line(&e));
             // A missing setting is a usage error, like clap's own (exit 2).
             if e.downcast_ref::<tally_cli::UsageError>().is_some() {
                 ExitCode::from(2)

@@ -507,3 +507,37 @@ async fn enqueue_score_match_of_a_match_that_does_not_exist_is_refused_when_the_
         .expect("stats");
     assert_eq!(stats.ready, 0, "nothing enqueued: {stats:?}");
 }
+
+#[test]
+fn connection_errors_are_one_line_with_the_cause_once() {
+    let run = |var: &str, url: &str, args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_tally"))
+            .env_clear()
+            .env(var, url)
+            .args(args)
+            .output()
+            .expect("tally runs")
+    };
+    for (var, url, args) in [
+        ("REDIS_URL", "redis://127.0.0.1:1", &["queue", "stats"][..]),
+        (
+            "DATABASE_URL",
+            "postgres://postgres@127.0.0.1:1/none",
+            &["standings", "--competition", "1"],
+        ),
+    ] {
+        let out = run(var, url, args);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert_eq!(err.matches("Connection refused").count(), 1, "the cause once: {err}");
+        assert!(err.contains("127.0.0.1:1"), "{err}");
+    }
+    let out = run("REDIS_URL", "localhost:6379", &["queue", "stats"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("REDIS_URL=\"localhost:6379\" does not parse: expected a URL starting with redis://"),
+        "{err}"
+    );
+}
