@@ -230,3 +230,43 @@ fn a_taken_port_names_the_setting() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_worker_warns_at_start_when_postgres_is_unreachable() {
+    use std::io::BufRead as _;
+    use std::process::Stdio;
+    let mut child = Command::new(bin_dir().join("scoring-worker"))
+        .env_clear()
+        .envs([
+            ("DATABASE_URL", "postgres://tally@127.0.0.1:1/none"),
+            ("REDIS_URL", "redis://127.0.0.1:1"),
+            ("HEALTH_ADDR", "127.0.0.1:0"),
+            ("OUTBOX_RELAY", "off"),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("runs");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let mut seen = Vec::new();
+    let found = loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if line.contains("WARN") && line.contains("PostgreSQL not reachable") => break true,
+            Ok(line) => seen.push(line),
+            Err(_) => break false,
+        }
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(found, "no warning about PostgreSQL at start: {seen:#?}");
+}

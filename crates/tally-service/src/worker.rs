@@ -119,6 +119,34 @@ pub async fn run_worker(
         )
     });
 
+    // Say at start when a dependency is not there (the worker still starts
+    // and waits for it), instead of only "worker running".
+    let probe = Duration::from_secs(3);
+    match tokio::time::timeout(probe, store.ping()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(
+            error = %e,
+            database = %redact_url(&settings.database_url),
+            "PostgreSQL not reachable yet; jobs wait and /readyz answers 503 until it is"
+        ),
+        Err(_) => tracing::warn!(
+            database = %redact_url(&settings.database_url),
+            "PostgreSQL did not answer within 3 s; jobs wait and /readyz answers 503 until it does"
+        ),
+    }
+    match tokio::time::timeout(probe, client.ping()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(
+            error = %e,
+            redis = %redact_url(&settings.redis_url),
+            "Redis not reachable yet; no job is claimed until it is"
+        ),
+        Err(_) => tracing::warn!(
+            redis = %redact_url(&settings.redis_url),
+            "Redis did not answer within 3 s; no job is claimed until it does"
+        ),
+    }
+
     let checks = vec![ReadinessCheck::redis(client.clone()), ReadinessCheck::postgres(store)];
     let health = HealthServer::start(settings.health_addr, checks)
         .map_err(|e| anyhow::anyhow!("cannot serve probes on HEALTH_ADDR={}: {e}", settings.health_addr))?;
