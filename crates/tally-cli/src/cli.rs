@@ -48,6 +48,16 @@ fn id(value: &str) -> Result<i64, String> {
     Ok(id)
 }
 
+/// Parses a number of goals: a whole number from 0 to the store's maximum,
+/// so `-1` is a usage error naming what a score is (not "invalid score -1-2").
+fn score(value: &str) -> Result<i32, String> {
+    let max = tally_store::scoring::MAX_SCORE;
+    match value.parse::<i32>() {
+        Ok(goals) if (0..=max).contains(&goals) => Ok(goals),
+        _ => Err(format!("a score is a whole number from 0 to {max}")),
+    }
+}
+
 /// The largest `--older-than-hours`: the engine takes the age in
 /// milliseconds as a `u64`, and beyond this the multiplication would
 /// overflow (or, in a release build, wrap around to a short age and purge
@@ -137,13 +147,16 @@ pub struct SeedArgs {
 pub enum MatchCommand {
     /// Record a final score and its ScoreMatch job, in one transaction (the job
     /// goes through the outbox: the workers' relay enqueues it).
+    #[command(allow_negative_numbers = true)]
     Finish {
         /// Match id.
         #[arg(value_parser = id)]
         id: i64,
         /// Home goals.
+        #[arg(value_parser = score)]
         home: i32,
         /// Away goals.
+        #[arg(value_parser = score)]
         away: i32,
     },
     /// Mark a match postponed and commit its ScoreMatch (which voids the predictions) with it.

@@ -541,3 +541,16 @@ fn connection_errors_are_one_line_with_the_cause_once() {
         "{err}"
     );
 }
+
+#[test]
+fn a_score_out_of_range_is_a_usage_error_that_says_what_a_score_is() {
+    for score in ["-1", "100", "two"] {
+        let out = tally_bare(&["match", "finish", "1", score, "2"]);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{score}: {err}");
+        assert!(
+            err.contains(&format!("invalid value '{score}'")) && err.contains("a score is a whole number from 0 to 99"),
+            "{score}: {err}"
+        );
+    }
+}
