@@ -89,6 +89,8 @@ pub enum Command {
     /// Enqueue a job by hand.
     #[command(subcommand)]
     Enqueue(EnqueueCommand),
+    /// List the competitions (ids for --competition).
+    Competitions,
     /// Print a leaderboard (overall unless --competition).
     Leaderboard(LeaderboardArgs),
     /// Print a competition's league table.
@@ -109,6 +111,8 @@ impl Command {
             Command::Match(MatchCommand::Finish { .. }) => "match finish",
             Command::Match(MatchCommand::Postpone { .. }) => "match postpone",
             Command::Match(MatchCommand::Cancel { .. }) => "match cancel",
+            Command::Match(MatchCommand::List(_)) => "match list",
+            Command::Competitions => "competitions",
             Command::Queue(_) => "queue",
             Command::Enqueue(_) => "enqueue",
             Command::Leaderboard(_) => "leaderboard",
@@ -142,9 +146,25 @@ pub struct SeedArgs {
     pub seed: u64,
 }
 
+/// `tally match list`
+#[derive(Debug, Clone, Args)]
+pub struct MatchListArgs {
+    /// Only matches with this status.
+    #[arg(long, value_parser = ["scheduled", "live", "finished", "postponed", "cancelled"])]
+    pub status: Option<String>,
+    /// Only this competition's matches (ids: `tally competitions`).
+    #[arg(long, value_parser = id)]
+    pub competition: Option<i64>,
+    /// At most this many, by kickoff (earliest first).
+    #[arg(long, default_value_t = 20)]
+    pub limit: i64,
+}
+
 /// `tally match …`
 #[derive(Debug, Subcommand)]
 pub enum MatchCommand {
+    /// List matches (ids for finish, postpone, cancel), filtered by status and competition.
+    List(MatchListArgs),
     /// Record a final score and its ScoreMatch job, in one transaction (the job
     /// goes through the outbox: the workers' relay enqueues it).
     #[command(allow_negative_numbers = true)]

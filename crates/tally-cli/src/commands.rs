@@ -21,6 +21,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match &cli.command {
         Command::Migrate => migrate(&cli).await,
         Command::Seed(args) => seed(&cli, args).await,
+        Command::Competitions => competitions(&cli).await,
         Command::Match(cmd) => match_command(&cli, cmd).await,
         Command::Queue(QueueCommand::Stats { queues }) => queue_stats(&cli, queues).await,
         Command::Queue(QueueCommand::Dead(cmd)) => dead(&cli, cmd).await,
@@ -214,7 +215,126 @@ async fn enqueue_scoring(producer: &Producer, id: i64) -> anyhow::Result<tally_q
         .with_context(|| format!("ScoreMatch for match {id} could not be enqueued"))
 }
 
+/// `tally competitions`: ids, names and how many matches each has.
+async fn competitions(cli: &Cli) -> anyhow::Result<()> {
+    let store = connect_store(cli).await?;
+    let rows = store
+        .pool()
+        .get()
+        .await?
+        .query(
+            "SELECT c.id, c.name,
+                    count(m.id) AS matches,
+                    count(m.id) FILTER (WHERE m.status = 'scheduled') AS scheduled
+             FROM competitions c LEFT JOIN matches m ON m.competition_id = c.id
+             GROUP BY c.id, c.name ORDER BY c.id",
+            &[],
+        )
+        .await?;
+    let list: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|r| {
+            json!({
+                "id": r.get::<_, i64>(0),
+                "name": r.get::<_, String>(1),
+                "matches": r.get::<_, i64>(2),
+                "scheduled": r.get::<_, i64>(3),
+            })
+        })
+        .collect();
+    if cli.json {
+        return print_json(&list);
+    }
+    if list.is_empty() {
+        println!("no competitions (fill a database with `tally seed`)");
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|c| {
+            ["id", "name", "matches", "scheduled"]
+                .iter()
+                .map(|k| c[*k].as_str().map_or_else(|| c[*k].to_string(), str::to_owned))
+                .collect()
+        })
+        .collect();
+    print!("{}", table(&[">id", "name", ">matches", ">scheduled"], &rows));
+    Ok(())
+}
+
+/// `tally match list`: matches by kickoff, filtered by status and competition.
+async fn match_list(cli: &Cli, args: &crate::cli::MatchListArgs) -> anyhow::Result<()> {
+    let store = connect_store(cli).await?;
+    let rows = store
+        .pool()
+        .get()
+        .await?
+        .query(
+            "SELECT m.id, m.competition_id, h.name, a.name, m.kickoff_at, m.status, m.home_score, m.away_score
+             FROM matches m
+             JOIN teams h ON h.id = m.home_team_id
+             JOIN teams a ON a.id = m.away_team_id
+             WHERE ($1::text IS NULL OR m.status = $1)
+               AND ($2::bigint IS NULL OR m.competition_id = $2)
+             ORDER BY m.kickoff_at, m.id
+             LIMIT $3",
+            &[&args.status, &args.competition, &args.limit.max(0)],
+        )
+        .await?;
+    let list: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|r| {
+            json!({
+                "id": r.get::<_, i64>(0),
+                "competitionId": r.get::<_, i64>(1),
+                "home": r.get::<_, String>(2),
+                "away": r.get::<_, String>(3),
+                "kickoffAt": r.get::<_, chrono::DateTime<chrono::Utc>>(4).to_rfc3339(),
+                "status": r.get::<_, String>(5),
+                "homeScore": r.get::<_, Option<i32>>(6),
+                "awayScore": r.get::<_, Option<i32>>(7),
+            })
+        })
+        .collect();
+    if cli.json {
+        return print_json(&list);
+    }
+    if list.is_empty() {
+        println!("no matches (competitions: `tally competitions`)");
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|m| {
+            let score = match (m["homeScore"].as_i64(), m["awayScore"].as_i64()) {
+                (Some(h), Some(a)) => format!("{h}-{a}"),
+                _ => "-".into(),
+            };
+            vec![
+                m["id"].to_string(),
+                m["competitionId"].to_string(),
+                m["kickoffAt"].as_str().unwrap_or_default().chars().take(16).collect(),
+                m["status"].as_str().unwrap_or_default().to_owned(),
+                format!(
+                    "{} v {}",
+                    m["home"].as_str().unwrap_or_default(),
+                    m["away"].as_str().unwrap_or_default()
+                ),
+                score,
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table(&[">id", ">competition", "kickoff", "status", "match", ">score"], &rows)
+    );
+    Ok(())
+}
+
 async fn match_command(cli: &Cli, cmd: &MatchCommand) -> anyhow::Result<()> {
+    if let MatchCommand::List(args) = cmd {
+        return match_list(cli, args).await;
+    }
     let store = connect_store(cli).await?;
     let (id, what, job) = match *cmd {
         MatchCommand::Finish { id, home, away } => (
@@ -232,6 +352,7 @@ async fn match_command(cli: &Cli, cmd: &MatchCommand) -> anyhow::Result<()> {
             "cancelled".to_owned(),
             change_status(&store, id, MatchStatus::Cancelled).await?,
         ),
+        MatchCommand::List(ref args) => return match_list(cli, args).await,
     };
     if cli.json {
         // `deduplicated` stays for scripts written against the direct

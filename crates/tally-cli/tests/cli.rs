@@ -554,3 +554,76 @@ fn a_score_out_of_range_is_a_usage_error_that_says_what_a_score_is() {
         );
     }
 }
+
+#[tokio::test]
+async fn competitions_and_match_list_show_the_ids_to_use() {
+    let db = tally_testkit::database().await;
+    tally_store::migrate_url(&db.url).await.expect("migrated");
+    let store = tally_store::Store::connect(&db.url, 2).await.expect("store");
+    let summary = store
+        .seed(
+            &tally_store::seed::SeedOptions {
+                users: 10,
+                predictions: 50,
+                competitions: 2,
+                teams_per_competition: 4,
+                played_fraction: 0.5,
+                seed: 7,
+            },
+            &|_| {},
+        )
+        .await
+        .expect("seeded");
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_tally"))
+            .env_clear()
+            .env("DATABASE_URL", &db.url)
+            .args(args)
+            .output()
+            .expect("tally runs")
+    };
+    let out = run(&["--json", "competitions"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let competitions: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(competitions.as_array().map(Vec::len), Some(2), "{competitions}");
+    let first = competitions[0]["id"].as_i64().expect("id");
+
+    let out = run(&[
+        "--json",
+        "match",
+        "list",
+        "--status",
+        "scheduled",
+        "--competition",
+        &first.to_string(),
+        "--limit",
+        "1000",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let matches: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let listed = matches.as_array().expect("list");
+    assert!(!listed.is_empty(), "{matches}");
+    assert!(
+        listed
+            .iter()
+            .all(|m| m["status"] == "scheduled" && m["competitionId"] == first),
+        "{matches}"
+    );
+    assert_eq!(
+        listed.len() as i64,
+        competitions[0]["scheduled"].as_i64().expect("count"),
+        "{competitions}"
+    );
+    assert!(
+        listed
+            .iter()
+            .any(|m| summary.open_match_ids.contains(&m["id"].as_i64().expect("id"))),
+        "{matches}"
+    );
+    let out = run(&["match", "list"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("scheduled"), "{}", stdout(&out));
+
+    let out = run(&["match", "list", "--status", "nosuch"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+}
