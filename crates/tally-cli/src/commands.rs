@@ -16,8 +16,30 @@ use crate::output::{Progress, table};
 /// The queues the services consume.
 pub const QUEUES: [&str; 2] = [ScoreMatch::QUEUE, RefreshViews::QUEUE];
 
-/// Runs one command.
+/// Runs one command; a "not found" error says how to list what exists.
 pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    run_command(cli).await.map_err(with_listing_hint)
+}
+
+/// `error` with, when a match or competition was not found, the command that
+/// lists the existing ones.
+fn with_listing_hint(error: anyhow::Error) -> anyhow::Error {
+    let hint = error
+        .chain()
+        .find_map(|cause| match cause.downcast_ref::<tally_store::StoreError>() {
+            Some(tally_store::StoreError::MatchNotFound { .. }) => Some("list the matches with `tally match list`"),
+            Some(tally_store::StoreError::CompetitionNotFound { .. }) => {
+                Some("list the competitions with `tally competitions`")
+            }
+            _ => None,
+        });
+    match hint {
+        Some(hint) => anyhow::anyhow!("{}; {hint}", crate::error_line(&error)),
+        None => error,
+    }
+}
+
+async fn run_command(cli: Cli) -> anyhow::Result<()> {
     match &cli.command {
         Command::Migrate => migrate(&cli).await,
         Command::Seed(args) => seed(&cli, args).await,
@@ -654,7 +676,10 @@ async fn enqueue(cli: &Cli, cmd: &EnqueueCommand) -> anyhow::Result<()> {
                     .await?
                     .query_opt("SELECT 1 FROM matches WHERE id = $1", &[id])
                     .await?;
-                anyhow::ensure!(found.is_some(), "no match {id} in the database; nothing enqueued");
+                anyhow::ensure!(
+                    found.is_some(),
+                    "no match {id} in the database; nothing enqueued (list the matches with `tally match list`)"
+                );
             }
             enqueue_scoring(&producer, *id).await?
         }

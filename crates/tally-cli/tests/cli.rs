@@ -626,4 +626,14 @@ async fn competitions_and_match_list_show_the_ids_to_use() {
 
     let out = run(&["match", "list", "--status", "nosuch"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+
+    // "Not found" says how to list what exists.
+    let out = run(&["match", "finish", "99999", "1", "0"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("match 99999 not found") && err.contains("`tally match list`"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
 }
