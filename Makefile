@@ -38,6 +38,14 @@ fmt: ## Format the code
 demo: deps ## Play a whole matchday through the real services on private Redis and PostgreSQL
 	scripts/demo.sh
 
+.PHONY: demo-up
+demo-up: deps ## Like demo, but keep Redis and PostgreSQL running and print the exports for the tally CLI
+	DEMO_KEEP=1 scripts/demo.sh
+
+.PHONY: demo-down
+demo-down: ## Stop the servers demo-up kept running
+	scripts/demo.sh --down
+
 .PHONY: bench
 bench: deps ## Queue benchmark beside BullMQ, and the pipeline benchmark; figures go to docs/BENCHMARKS.md
 	scripts/bench.sh

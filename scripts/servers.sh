@@ -12,6 +12,34 @@
 #   start_private_postgres "$state" db   # exports DATABASE_URL (database recreated)
 
 started_pids=()
+# KEEP_SERVERS=STATE_DIR: servers outlive the script (own session), their pids
+# go to STATE_DIR/servers.pids for stop_kept_servers, not to started_pids.
+KEEP_SERVERS=${KEEP_SERVERS:-}
+
+# run_server CMD...: starts a server in the background and records its pid.
+run_server() {
+  if [ -n "$KEEP_SERVERS" ]; then
+    setsid "$@" </dev/null &
+    echo "$!" >>"$KEEP_SERVERS/servers.pids"
+  else
+    "$@" &
+    started_pids+=("$!")
+  fi
+}
+
+# stop_kept_servers STATE_DIR: stops what a KEEP_SERVERS run left running.
+stop_kept_servers() {
+  local state=$1 pid
+  [ -f "$state/servers.pids" ] || { say "no kept servers in $state"; return 0; }
+  started_pids=()
+  while read -r pid; do started_pids+=("$pid"); done <"$state/servers.pids"
+  stop_started_servers
+  rm -f "$state/servers.pids" "$state/servers.env"
+  say "kept servers stopped"
+}
+
+# last_lines FILE: the end of a server's log, to show why it did not start.
+last_lines() { tail -n 5 "$1" 2>/dev/null | sed 's/^/    /' >&2 || true; }
 
 # Colour only on a terminal and without NO_COLOR (https://no-color.org).
 colour() { [ -t 2 ] && [ -z "${NO_COLOR:-}" ]; }
@@ -44,11 +72,12 @@ start_private_redis() {
   local port; port=$(free_port)
   mkdir -p "$state/redis"
   say "starting a private redis-server on 127.0.0.1:$port (data in $state/redis)"
-  redis-server --port "$port" --bind 127.0.0.1 --dir "$state/redis" --save '' \
-    --logfile "$state/redis.log" --daemonize no "$@" &
-  started_pids+=("$!")
+  run_server redis-server --port "$port" --bind 127.0.0.1 --dir "$state/redis" --save '' \
+    --logfile "$state/redis.log" --daemonize no "$@"
   export REDIS_URL="redis://127.0.0.1:$port"
   for _ in $(seq 100); do redis-cli -p "$port" ping >/dev/null 2>&1 && return; sleep 0.05; done
+  say "redis-server did not start; the end of $state/redis.log:"
+  last_lines "$state/redis.log"
   die "redis-server did not start, see $state/redis.log"
 }
 
@@ -82,12 +111,19 @@ start_private_postgres() {
       >"$state/initdb.log" 2>&1 || die "initdb failed, see $state/initdb.log"
   fi
   say "starting PostgreSQL on 127.0.0.1:$port"
-  "${run_as[@]}" "$(pg_bin postgres)" -D "$data" -p "$port" -k "$data" -c listen_addresses=127.0.0.1 \
-    -c fsync=off -c synchronous_commit=off -c full_page_writes=off >"$state/postgres.log" 2>&1 &
-  started_pids+=("$!")
+  run_server "${run_as[@]}" "$(pg_bin postgres)" -D "$data" -p "$port" -k "$data" -c listen_addresses=127.0.0.1 \
+    -c fsync=off -c synchronous_commit=off -c full_page_writes=off >"$state/postgres.log" 2>&1
+  local ready=""
   for _ in $(seq 100); do
-    "$(pg_bin pg_isready)" -h 127.0.0.1 -p "$port" -q 2>/dev/null && break; sleep 0.1
+    "$(pg_bin pg_isready)" -h 127.0.0.1 -p "$port" -q 2>/dev/null && { ready=1; break; }; sleep 0.1
   done
+  if [ -z "$ready" ]; then
+    # The cause (a stale postmaster.pid, a server of this data directory
+    # still running, …) is in the log: show it rather than a psql error.
+    say "PostgreSQL did not start; the end of $state/postgres.log:"
+    last_lines "$state/postgres.log"
+    die "PostgreSQL did not start (data in $data), see $state/postgres.log"
+  fi
   PGOPTIONS='-c client_min_messages=warning' "$(pg_bin psql)" -h 127.0.0.1 -p "$port" -U postgres -d postgres -qAt \
     -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "CREATE DATABASE $db" >/dev/null \
     || die "cannot create database $db, see $state/postgres.log"

@@ -39,4 +39,16 @@ after=$(modes)
 [ "$before" = "$after" ] || die "permissions changed: before [$before] after [$after]"
 stop_started_servers
 if "$(pg_bin pg_isready)" -d "$DATABASE_URL" -q; then die "PostgreSQL still running after stop"; fi
+
+# Kept servers (make demo-up) outlive their starter, and a second start on
+# the same data fails with the cause from PostgreSQL's log, not a psql error.
+( KEEP_SERVERS=$state; start_private_postgres "$state" tally_check >/dev/null 2>&1 )
+[ -s "$state/servers.pids" ] || die "no kept server recorded"
+while read -r pid; do kill -0 "$pid" 2>/dev/null || die "kept server $pid is gone"; done <"$state/servers.pids"
+clash=$( (start_private_postgres "$state" tally_check) 2>&1 || true)
+stop_started_servers
+case "$clash" in *postmaster.pid*) ;; *) die "a second start does not show the cause: $clash" ;; esac
+kept=$(cat "$state/servers.pids")
+stop_kept_servers "$state" 2>/dev/null
+for pid in $kept; do ! kill -0 "$pid" 2>/dev/null || die "kept server $pid still running after stop_kept_servers"; done
 say "ok: servers started and stopped, no permission changed ($(tr '\n' ' ' <<<"$after"))"
