@@ -507,6 +507,17 @@ async fn dead(cli: &Cli, cmd: &DeadCommand) -> anyhow::Result<()> {
                     let mut value = serde_json::to_value(job)?;
                     if let Some(object) = value.as_object_mut() {
                         object.insert("queue".into(), (*q).into());
+                        object.insert("jobId".into(), job.id.clone().into());
+                        // With --envelopes, the envelope as JSON too (the
+                        // raw `envelope` string stays for existing readers;
+                        // null when it does not parse).
+                        if *envelopes {
+                            let parsed = job
+                                .envelope
+                                .as_deref()
+                                .and_then(|e| serde_json::from_str::<serde_json::Value>(e).ok());
+                            object.insert("envelopeJson".into(), parsed.unwrap_or_default());
+                        }
                     }
                     out.push(value);
                 }
@@ -690,7 +701,10 @@ async fn enqueue(cli: &Cli, cmd: &EnqueueCommand) -> anyhow::Result<()> {
         }
     };
     if cli.json {
-        return print_json(&with_redis(cli, &job)?);
+        // `id` as before, and `jobId` as `match finish` names it.
+        let mut out = with_redis(cli, &job)?;
+        out["jobId"] = job.id.clone().into();
+        return print_json(&out);
     }
     println!(
         "enqueued job {}{}",

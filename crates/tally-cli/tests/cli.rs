@@ -380,6 +380,7 @@ async fn without_redis_url_no_command_falls_back_to_a_default_redis() {
     let job: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
     assert_eq!(job["redis"], redis.url.as_str(), "{job}");
     assert!(job["id"].is_string(), "the job's own fields stay: {job}");
+    assert_eq!(job["jobId"], job["id"], "named as match finish names it: {job}");
     assert!(
         stderr(&out).contains(&format!("redis: {}", redis.url)),
         "--verbose names the Redis: {}",
@@ -636,4 +637,17 @@ async fn competitions_and_match_list_show_the_ids_to_use() {
         "{err}"
     );
     assert_eq!(err.lines().count(), 1, "{err}");
+}
+
+#[tokio::test]
+async fn dead_list_envelopes_embeds_each_envelope_as_json() {
+    let redis = tally_testkit::redis().await;
+    let client = client(&redis);
+    let ids = bury_real_jobs(&client, 1).await;
+    let out = tally(&redis, &["--json", "queue", "dead", "list", "--envelopes"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let jobs: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(jobs[0]["jobId"], ids[0].as_str(), "{jobs}");
+    assert!(jobs[0]["envelope"].is_string(), "the raw string stays: {jobs}");
+    assert_eq!(jobs[0]["envelopeJson"]["kind"], "calculate_points", "{jobs}");
 }
