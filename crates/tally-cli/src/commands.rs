@@ -237,6 +237,34 @@ async fn enqueue_scoring(producer: &Producer, id: i64) -> anyhow::Result<tally_q
         .with_context(|| format!("ScoreMatch for match {id} could not be enqueued"))
 }
 
+/// How many running workers consume `queue`, when Redis is configured and
+/// answers within 2 s: each worker's scheduler subscribes to the queue's
+/// due-time channel, so its subscriber count is the live workers. `None`
+/// when unknown (no REDIS_URL, Redis away, or a cluster, where the count is
+/// per node).
+async fn live_consumers(cli: &Cli, queue: &str) -> Option<i64> {
+    let url = cli.redis_url.as_deref()?;
+    if url.contains("+cluster://") {
+        return None;
+    }
+    let channel = tally_queue::QueueKeys::new(&cli.queue_prefix, queue).due_channel();
+    let ask = async {
+        let mut conn = redis::Client::open(url)
+            .ok()?
+            .get_multiplexed_async_connection()
+            .await
+            .ok()?;
+        let counts: Vec<(String, i64)> = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg(&channel)
+            .query_async(&mut conn)
+            .await
+            .ok()?;
+        counts.first().map(|(_, n)| *n)
+    };
+    tokio::time::timeout(Duration::from_secs(2), ask).await.ok().flatten()
+}
+
 /// `tally competitions`: ids, names and how many matches each has.
 async fn competitions(cli: &Cli) -> anyhow::Result<()> {
     let store = connect_store(cli).await?;
@@ -376,6 +404,15 @@ async fn match_command(cli: &Cli, cmd: &MatchCommand) -> anyhow::Result<()> {
         ),
         MatchCommand::List(ref args) => return match_list(cli, args).await,
     };
+    // The job only moves on with a scoring-worker running (its relay takes
+    // the job out of the outbox): say so when none listens on the queue.
+    if live_consumers(cli, ScoreMatch::QUEUE).await == Some(0) {
+        eprintln!(
+            "warning: no scoring-worker is running on {} (queue {}): the job waits until one starts",
+            shown_redis(cli).unwrap_or_default(),
+            ScoreMatch::QUEUE
+        );
+    }
     if cli.json {
         // `deduplicated` stays for scripts written against the direct
         // enqueue: an outbox row is always a job of its own.

@@ -651,3 +651,68 @@ async fn dead_list_envelopes_embeds_each_envelope_as_json() {
     assert!(jobs[0]["envelope"].is_string(), "the raw string stays: {jobs}");
     assert_eq!(jobs[0]["envelopeJson"]["kind"], "calculate_points", "{jobs}");
 }
+
+#[tokio::test]
+async fn match_finish_says_when_no_scoring_worker_is_running() {
+    let db = tally_testkit::database().await;
+    tally_store::migrate_url(&db.url).await.expect("migrated");
+    let store = tally_store::Store::connect(&db.url, 2).await.expect("store");
+    let summary = store
+        .seed(
+            &tally_store::seed::SeedOptions {
+                users: 5,
+                predictions: 20,
+                competitions: 1,
+                teams_per_competition: 4,
+                played_fraction: 0.0,
+                seed: 3,
+            },
+            &|_| {},
+        )
+        .await
+        .expect("seeded");
+    let redis = tally_testkit::redis().await;
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_tally"))
+            .env_clear()
+            .env("DATABASE_URL", &db.url)
+            .env("REDIS_URL", &redis.url)
+            .env("TALLY_QUEUE_PREFIX", &redis.namespace)
+            .args(args)
+            .output()
+            .expect("tally runs")
+    };
+    let first = summary.open_match_ids[0].to_string();
+    let out = run(&["match", "finish", &first, "1", "0"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("warning: no scoring-worker is running"),
+        "{}",
+        stderr(&out)
+    );
+
+    // With a worker consuming the queue, no warning.
+    let worker = Worker::builder(client(&redis), ScoreMatch::QUEUE)
+        .handle(|_job: ScoreMatch, _ctx: JobContext| async { Ok::<(), JobError>(()) })
+        .build()
+        .expect("worker");
+    let (stop, stopped) = oneshot::channel::<()>();
+    let running = tokio::spawn(worker.run_until(async move {
+        let _ = stopped.await;
+    }));
+    let second = summary.open_match_ids[1].to_string();
+    let mut quiet = false;
+    for _ in 0..50 {
+        // The worker subscribes within moments of starting.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let out = run(&["match", "finish", &second, "2", "2"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        if !stderr(&out).contains("no scoring-worker") {
+            quiet = true;
+            break;
+        }
+    }
+    let _ = stop.send(());
+    running.await.expect("joined").expect("worker stops");
+    assert!(quiet, "the warning stays with a worker running");
+}
