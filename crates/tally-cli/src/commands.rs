@@ -422,6 +422,7 @@ async fn match_command(cli: &Cli, cmd: &MatchCommand) -> anyhow::Result<()> {
             "jobId": job.job_id,
             "deduplicated": false,
             "outboxRow": job.row,
+            "database": cli.database_url.as_deref().map(tally_service::redact_url),
         }));
     }
     println!(
@@ -479,6 +480,7 @@ async fn queue_stats(cli: &Cli, queues: &[String]) -> anyhow::Result<()> {
         let mut out = with_redis(cli, json!({ "queues": all }))?;
         if let Some(backlog) = outbox {
             out["outbox"] = serde_json::to_value(backlog)?;
+            out["database"] = cli.database_url.as_deref().map(tally_service::redact_url).into();
         }
         return print_json(&out);
     }

@@ -276,6 +276,11 @@ async fn match_finish_commits_the_result_and_its_job_together_even_with_redis_aw
     let row = answer["outboxRow"].as_i64().expect("outbox row");
     assert_eq!(answer["jobId"], format!("outbox-{row}"), "{answer}");
     assert_eq!(
+        answer["database"],
+        tally_service::redact_url(&db.url),
+        "the database used: {answer}"
+    );
+    assert_eq!(
         (answer["matchId"].as_i64(), answer["deduplicated"].as_bool()),
         (Some(open), Some(false))
     );
@@ -325,6 +330,8 @@ async fn match_finish_commits_the_result_and_its_job_together_even_with_redis_aw
     assert!(out.status.success(), "{}", stderr(&out));
     let stats: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
     assert_eq!(stats["outbox"]["pending"], 1, "{stats}");
+    assert_eq!(stats["database"], tally_service::redact_url(&db.url), "{stats}");
+    assert_eq!(stats["redis"], redis.url.as_str(), "{stats}");
     assert_eq!(stats["outbox"]["rejected"], 0, "{stats}");
     assert!(stats["outbox"]["oldestPendingAgeMs"].is_u64(), "{stats}");
     assert!(stats["queues"]["scoring"].is_object(), "{stats}");
