@@ -261,7 +261,11 @@ fn a_worker_warns_at_start_when_postgres_is_unreachable() {
     let found = loop {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
         match rx.recv_timeout(left) {
-            Ok(line) if line.contains("WARN") && line.contains("PostgreSQL not reachable") => break true,
+            // With the cause, once.
+            Ok(line) if line.contains("WARN") && line.contains("PostgreSQL not reachable") => {
+                assert_eq!(line.matches("Connection refused").count(), 1, "{line}");
+                break true;
+            }
             Ok(line) => seen.push(line),
             Err(_) => break false,
         }

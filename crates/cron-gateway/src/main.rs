@@ -55,8 +55,9 @@ async fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "cron-gateway failed");
-            eprintln!("cron-gateway: {e:#}");
+            let line = tally_service::error_line(e.as_ref());
+            tracing::error!(error = %line, "cron-gateway failed");
+            eprintln!("cron-gateway: {line}");
             ExitCode::FAILURE
         }
     }

@@ -33,29 +33,10 @@ impl std::fmt::Display for UsageError {
 
 impl std::error::Error for UsageError {}
 
-/// An error and its causes on one line, each cause once: many errors print
-/// their source in their own message, so `{e:#}` would repeat it (three
-/// times for "Connection refused" through the Redis and pool layers).
+/// An error and its causes on one line, each cause once (see
+/// [`tally_service::error_line`]).
 pub fn error_line(error: &anyhow::Error) -> String {
-    let parts: Vec<String> = error.chain().map(ToString::to_string).collect();
-    let mut line = String::new();
-    for (i, part) in parts.iter().enumerate() {
-        // A message ending in its cause's message: the cause follows anyway.
-        let mut own = part.as_str();
-        if let Some(next) = parts.get(i + 1) {
-            own = own
-                .strip_suffix(next.as_str())
-                .map_or(own, |s| s.trim_end_matches([':', ' ']));
-        }
-        if own.is_empty() || line.contains(own) {
-            continue;
-        }
-        if !line.is_empty() {
-            line.push_str(": ");
-        }
-        line.push_str(own);
-    }
-    line
+    tally_service::error_line(error.as_ref())
 }
 
 /// Runs one parsed command line.

@@ -23,6 +23,37 @@ pub use settings::{Env, SettingsError, redact_url};
 pub use shutdown::shutdown_signal;
 pub use worker::{WorkerDeps, WorkerSettings, run_worker};
 
+/// An error and its causes on one line, each cause once. Many errors print
+/// their source inside their own message, so `{e:#}` repeats it ("Connection
+/// refused: Connection refused: …"), and some hide it, so plain `{e}` loses
+/// it ("error connecting to server"): this walks the chain, drops a part's
+/// copy of its cause and any part already said.
+pub fn error_line(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = Vec::new();
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = next {
+        parts.push(e.to_string());
+        next = e.source();
+    }
+    let mut line = String::new();
+    for (i, part) in parts.iter().enumerate() {
+        let mut own = part.as_str();
+        if let Some(cause) = parts.get(i + 1) {
+            own = own
+                .strip_suffix(cause.as_str())
+                .map_or(own, |s| s.trim_end_matches([':', ' ']));
+        }
+        if own.is_empty() || line.contains(own) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(own);
+    }
+    line
+}
+
 /// Initialises telemetry for a binary. A bad telemetry setting (`RUST_LOG`,
 /// `LOG_FORMAT`, `SENTRY_DSN`, `OTEL_*`) is a bad setting like any other: the
 /// caller stops with the error, which names the variable. An unreachable

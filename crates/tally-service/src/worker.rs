@@ -125,7 +125,7 @@ pub async fn run_worker(
     match tokio::time::timeout(probe, store.ping()).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!(
-            error = %e,
+            error = %crate::error_line(&e),
             database = %redact_url(&settings.database_url),
             "PostgreSQL not reachable yet; jobs wait and /readyz answers 503 until it is"
         ),
@@ -137,7 +137,7 @@ pub async fn run_worker(
     match tokio::time::timeout(probe, client.ping()).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!(
-            error = %e,
+            error = %crate::error_line(&e),
             redis = %redact_url(&settings.redis_url),
             "Redis not reachable yet; no job is claimed until it is"
         ),
@@ -226,8 +226,9 @@ pub async fn main(
     match run_worker(settings, queue, register, crate::shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "{name} failed");
-            eprintln!("{name}: {e:#}");
+            let line = crate::error_line(e.as_ref());
+            tracing::error!(error = %line, "{name} failed");
+            eprintln!("{name}: {line}");
             ExitCode::FAILURE
         }
     }
