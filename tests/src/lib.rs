@@ -28,6 +28,8 @@ pub struct StackOptions {
     pub own_postgres: bool,
     /// A dedicated Redis with AOF persistence the test may restart.
     pub own_redis: bool,
+    /// A Redis Cluster (three masters with replicas) instead of one Redis.
+    pub cluster: bool,
     /// Users to seed.
     pub users: u32,
     /// Predictions to seed.
@@ -58,6 +60,8 @@ pub struct Stack {
     pub postgres: Option<tally_testkit::PostgresServer>,
     /// The dedicated Redis, when asked for.
     pub redis: Option<tally_testkit::RedisServer>,
+    /// The Redis Cluster, when asked for.
+    pub cluster: Option<tally_testkit::RedisCluster>,
     _database: Option<tally_testkit::TestDatabase>,
 }
 
@@ -91,7 +95,13 @@ impl Stack {
             let url = db.url.clone();
             (None, Some(db), url)
         };
-        let (redis, redis_url, prefix) = if options.own_redis {
+        let mut cluster = None;
+        let (redis, redis_url, prefix) = if options.cluster {
+            let started = tally_testkit::RedisCluster::start().await?;
+            let url = started.url();
+            cluster = Some(started);
+            (None, url, "tally".to_owned())
+        } else if options.own_redis {
             let server = tally_testkit::RedisServer::start(tally_testkit::RedisOptions {
                 appendonly: true,
                 extra_args: vec![],
@@ -133,6 +143,7 @@ impl Stack {
             ],
             postgres,
             redis,
+            cluster,
             _database: database,
         })
     }

@@ -3,7 +3,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use tally_service::repair::RepairSettings;
-use tally_service::{Env, SettingsError, redact_url};
+use tally_service::{Env, REDIS_SCHEMES, SettingsError, redact_url};
 
 use crate::auth::CronSecret;
 
@@ -61,7 +61,7 @@ impl Settings {
         })?;
         let settings = Settings {
             bind_addr: env.socket_addr("BIND_ADDR", "0.0.0.0:8080")?,
-            redis_url: env.url("REDIS_URL", Some("redis://127.0.0.1:6379"), &["redis://", "rediss://"])?,
+            redis_url: env.url("REDIS_URL", Some("redis://127.0.0.1:6379"), REDIS_SCHEMES)?,
             cron_secret,
             queue_prefix: env.raw("TALLY_QUEUE_PREFIX").unwrap_or_else(|| "tally".into()),
             max_body_bytes: env.number("MAX_BODY_BYTES", 4096, 64, 1 << 20)? as usize,

@@ -19,7 +19,7 @@ pub mod shutdown;
 pub mod worker;
 
 pub use health::{HealthServer, ReadinessCheck};
-pub use settings::{Env, SettingsError, redact_url};
+pub use settings::{Env, REDIS_SCHEMES, SettingsError, redact_url};
 pub use shutdown::shutdown_signal;
 pub use worker::{WorkerDeps, WorkerSettings, run_worker};
 

@@ -7,6 +7,11 @@
 
 use std::{fmt::Display, net::SocketAddr, str::FromStr, time::Duration};
 
+/// The schemes `REDIS_URL` may use: one server (`redis://`, `rediss://`) or
+/// a Redis Cluster (`redis+cluster://host:port,host:port`, with TLS
+/// `rediss+cluster://`).
+pub const REDIS_SCHEMES: &[&str] = &["redis://", "rediss://", "redis+cluster://", "rediss+cluster://"];
+
 /// A setting that is missing or does not parse.
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
@@ -199,9 +204,7 @@ mod tests {
     #[test]
     fn urls_are_checked_without_leaking_passwords() {
         let env = Env::from_pairs([("REDIS_URL", "http://u:hunter2@h:1/0")]);
-        let err = env
-            .url("REDIS_URL", None, &["redis://", "rediss://"])
-            .expect_err("wrong scheme");
+        let err = env.url("REDIS_URL", None, REDIS_SCHEMES).expect_err("wrong scheme");
         assert!(!err.to_string().contains("hunter2"), "{err}");
         assert!(err.to_string().contains("REDIS_URL"), "{err}");
         assert!(matches!(

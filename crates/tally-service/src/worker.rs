@@ -14,7 +14,7 @@ use tally_queue::{Producer, QueueAdmin, QueueClient, QueueConfig, Worker, Worker
 use tally_store::Store;
 
 use crate::outbox::{Relay, RelaySettings};
-use crate::{Env, HealthServer, ReadinessCheck, SettingsError, observe, redact_url};
+use crate::{Env, HealthServer, REDIS_SCHEMES, ReadinessCheck, SettingsError, observe, redact_url};
 
 /// Settings of a worker process, from the environment.
 #[derive(Debug, Clone)]
@@ -45,7 +45,7 @@ impl WorkerSettings {
     /// Reads and validates the settings; the error names the variable.
     pub fn from_env(env: &Env) -> Result<Self, SettingsError> {
         Ok(WorkerSettings {
-            redis_url: env.url("REDIS_URL", Some("redis://127.0.0.1:6379"), &["redis://", "rediss://"])?,
+            redis_url: env.url("REDIS_URL", Some("redis://127.0.0.1:6379"), REDIS_SCHEMES)?,
             database_url: env.url("DATABASE_URL", None, &["postgres://", "postgresql://"])?,
             concurrency: env.number("WORKER_CONCURRENCY", 5, 1, 1000)? as usize,
             health_addr: env.socket_addr("HEALTH_ADDR", "0.0.0.0:9090")?,
