@@ -20,17 +20,17 @@
 -- whose clocks disagree cannot expire each other's leases. (Scripts are
 -- replicated by their effects since Redis 5, so TIME is allowed before
 -- writes.)
-local function redis_now()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-
--- Redis's clock in ms and in µs (the fencing token floor, see claim_jobs.lua).
--- µs since the epoch stay below 2^53, exact in Lua's doubles, until 2255.
+-- Returns ms, and µs for the fencing token floor (see claim_jobs.lua); µs
+-- since the epoch stay below 2^53, exact in Lua's doubles, until 2255.
 local function redis_time()
   local t = redis.call('TIME')
   local s, us = tonumber(t[1]), tonumber(t[2])
   return s * 1000 + math.floor(us / 1000), s * 1000000 + us
+end
+
+-- Redis's clock in ms.
+local function redis_now()
+  return (redis_time())
 end
 
 -- A whole number as decimal digits (tostring would write 1.8e+15).
