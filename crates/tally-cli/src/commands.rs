@@ -292,23 +292,38 @@ async fn competitions(cli: &Cli) -> anyhow::Result<()> {
             })
         })
         .collect();
-    if cli.json {
-        return print_json(&list);
-    }
-    if list.is_empty() {
-        println!("no competitions (fill a database with `tally seed`)");
-        return Ok(());
-    }
-    let rows: Vec<Vec<String>> = list
-        .iter()
-        .map(|c| {
+    print_listing(
+        cli,
+        &list,
+        "no competitions (fill a database with `tally seed`)",
+        &[">id", "name", ">matches", ">scheduled"],
+        |c| {
             ["id", "name", "matches", "scheduled"]
                 .iter()
                 .map(|k| c[*k].as_str().map_or_else(|| c[*k].to_string(), str::to_owned))
                 .collect()
-        })
-        .collect();
-    print!("{}", table(&[">id", "name", ">matches", ">scheduled"], &rows));
+        },
+    )
+}
+
+/// A list command's output: the JSON array with `--json`, else a table (or
+/// `empty` when there is nothing to list).
+fn print_listing(
+    cli: &Cli,
+    list: &[serde_json::Value],
+    empty: &str,
+    headers: &[&str],
+    row: impl Fn(&serde_json::Value) -> Vec<String>,
+) -> anyhow::Result<()> {
+    if cli.json {
+        return print_json(&list);
+    }
+    if list.is_empty() {
+        println!("{empty}");
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = list.iter().map(row).collect();
+    print!("{}", table(headers, &rows));
     Ok(())
 }
 
@@ -346,16 +361,12 @@ async fn match_list(cli: &Cli, args: &crate::cli::MatchListArgs) -> anyhow::Resu
             })
         })
         .collect();
-    if cli.json {
-        return print_json(&list);
-    }
-    if list.is_empty() {
-        println!("no matches (competitions: `tally competitions`)");
-        return Ok(());
-    }
-    let rows: Vec<Vec<String>> = list
-        .iter()
-        .map(|m| {
+    print_listing(
+        cli,
+        &list,
+        "no matches (competitions: `tally competitions`)",
+        &[">id", ">competition", "kickoff", "status", "match", ">score"],
+        |m| {
             let score = match (m["homeScore"].as_i64(), m["awayScore"].as_i64()) {
                 (Some(h), Some(a)) => format!("{h}-{a}"),
                 _ => "-".into(),
@@ -372,13 +383,8 @@ async fn match_list(cli: &Cli, args: &crate::cli::MatchListArgs) -> anyhow::Resu
                 ),
                 score,
             ]
-        })
-        .collect();
-    print!(
-        "{}",
-        table(&[">id", ">competition", "kickoff", "status", "match", ">score"], &rows)
-    );
-    Ok(())
+        },
+    )
 }
 
 async fn match_command(cli: &Cli, cmd: &MatchCommand) -> anyhow::Result<()> {
