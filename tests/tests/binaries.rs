@@ -210,25 +210,55 @@ async fn without_collector_or_dsn_a_service_starts_with_one_telemetry_line_and_n
     }
 }
 
+/// A service that cannot start says why once: with text logs the line
+/// `name: cause` alone (not also as a log line), with JSON logs one JSON
+/// `error` event (what a log collector reads) and no plain copy.
 #[test]
-fn a_taken_port_names_the_setting() {
+fn a_taken_port_names_the_setting_once() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = taken.local_addr().expect("addr").to_string();
-    let out = run_briefly(
-        "cron-gateway",
-        &[
-            ("CRON_SECRET", "0123456789abcdef0"),
-            ("REDIS_URL", "redis://127.0.0.1:1"),
-            ("BIND_ADDR", &addr),
-        ],
-        &[],
-    );
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(
-        stderr.contains(&format!("cannot listen on BIND_ADDR={addr}")),
-        "{stderr}"
-    );
+    let cases: [(&str, [(&str, &str); 2]); 2] = [
+        (
+            "cron-gateway",
+            [("CRON_SECRET", "0123456789abcdef0"), ("BIND_ADDR", &addr)],
+        ),
+        (
+            "scoring-worker",
+            [
+                ("DATABASE_URL", "postgres://tally@127.0.0.1:1/none"),
+                ("HEALTH_ADDR", &addr),
+            ],
+        ),
+    ];
+    for (binary, env) in cases {
+        for format in ["text", "json"] {
+            let mut all = env.to_vec();
+            all.extend([
+                ("REDIS_URL", "redis://127.0.0.1:1"),
+                ("LOG_FORMAT", format),
+                ("OUTBOX_RELAY", "off"),
+            ]);
+            let out = run_briefly(binary, &all, &[]);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{binary} {format}: {stderr}");
+            let setting = if binary == "cron-gateway" {
+                "BIND_ADDR"
+            } else {
+                "HEALTH_ADDR"
+            };
+            let cause = format!("{setting}={addr}");
+            let lines: Vec<&str> = stderr.lines().filter(|l| l.contains(&cause)).collect();
+            assert_eq!(lines.len(), 1, "{binary} {format}: the cause once, got:\n{stderr}");
+            let line = lines[0];
+            assert_eq!(line.matches("Address already in use").count(), 1, "{line}");
+            if format == "text" {
+                assert!(line.starts_with(&format!("{binary}: ")), "{line}");
+            } else {
+                let event: serde_json::Value = serde_json::from_str(line).expect("a JSON log line");
+                assert_eq!(event["level"], "ERROR", "{line}");
+            }
+        }
+    }
 }
 
 #[test]

@@ -1,10 +1,9 @@
 //! cron-gateway binary: settings, telemetry, serve until SIGTERM/SIGINT.
 //! All logic lives in the library (`cron_gateway::Application`).
 
-use std::process::ExitCode;
-
 use cron_gateway::{Application, Settings};
-use tally_service::{Env, shutdown_signal};
+use tally_service::shutdown_signal;
+use tally_service::startup::{self, Binary};
 
 const ABOUT: &str = "the endpoint the Kubernetes CronJob calls to refresh leaderboards and standings
 (and, with a database, to repair work that got lost between PostgreSQL and Redis).";
@@ -26,39 +25,17 @@ Environment:
   RUST_LOG, LOG_FORMAT=text|json, SENTRY_DSN, OTEL_EXPORTER_OTLP_ENDPOINT  telemetry (optional)";
 
 #[tokio::main]
-async fn main() -> ExitCode {
-    if let Some(code) = tally_service::args::handle("cron-gateway", ABOUT, HELP) {
-        return code;
-    }
-    let settings = match Settings::from_env(&Env::process()) {
-        Ok(settings) => settings,
-        Err(e) => {
-            eprintln!("cron-gateway: {e}");
-            return ExitCode::from(2);
-        }
+async fn main() -> std::process::ExitCode {
+    let binary = Binary {
+        name: "cron-gateway",
+        about: ABOUT,
+        help: HELP,
     };
-    let _telemetry = match tally_service::init_telemetry("cron-gateway") {
-        Ok(guard) => guard,
-        Err(e) => {
-            eprintln!("cron-gateway: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    tracing::info!(settings = %settings.summary(), "starting cron-gateway");
-    let result = match Application::build(settings).await {
-        Ok(app) => {
-            tracing::info!(addr = %app.addr(), "listening");
-            app.run_until(shutdown_signal()).await.map_err(anyhow::Error::from)
-        }
-        Err(e) => Err(e),
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            let line = tally_service::error_line(e.as_ref());
-            tracing::error!(error = %line, "cron-gateway failed");
-            eprintln!("cron-gateway: {line}");
-            ExitCode::FAILURE
-        }
-    }
+    startup::run(binary, Settings::from_env, Settings::summary, |settings| async move {
+        let app = Application::build(settings).await?;
+        tracing::info!(addr = %app.addr(), "listening");
+        app.run_until(shutdown_signal()).await?;
+        Ok(())
+    })
+    .await
 }

@@ -6,7 +6,7 @@
 //! serve probes, run the queue worker and the outbox relay ([`outbox`])
 //! until shutdown, with job metrics, Sentry reports and trace continuation
 //! ([`observe`]); and the repairing safety net the cron call runs
-//! ([`repair`]).
+//! ([`repair`]). Every service's `main` goes through [`startup::run`].
 
 pub mod args;
 pub mod health;
@@ -16,6 +16,7 @@ pub mod outbox;
 pub mod repair;
 pub mod settings;
 pub mod shutdown;
+pub mod startup;
 pub mod worker;
 
 pub use health::{HealthServer, ReadinessCheck};

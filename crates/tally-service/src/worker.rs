@@ -194,9 +194,8 @@ Environment:
   OUTBOX_POLL_SECS       read the outbox this often without a notification (default 5)
   RUST_LOG, LOG_FORMAT=text|json, SENTRY_DSN, OTEL_EXPORTER_OTLP_ENDPOINT  telemetry (optional)";
 
-/// The whole `main` of a worker binary: `--help`, `--version`, a usage
-/// error (exit 2) for any other argument, settings (exit 2 with one
-/// line on a bad value), telemetry, run until SIGTERM/SIGINT (exit 0 after
+/// The whole `main` of a worker binary: [`crate::startup::run`] with the
+/// worker settings and [`run_worker`] until SIGTERM/SIGINT (exit 0 after
 /// the drain, 1 if the worker could not start).
 pub async fn main(
     name: &'static str,
@@ -204,34 +203,15 @@ pub async fn main(
     queue: &'static str,
     register: impl FnOnce(WorkerBuilder, WorkerDeps) -> WorkerBuilder,
 ) -> std::process::ExitCode {
-    use std::process::ExitCode;
-    if let Some(code) = crate::args::handle(name, about, WORKER_ENV_HELP) {
-        return code;
-    }
-    let settings = match WorkerSettings::from_env(&Env::process()) {
-        Ok(settings) => settings,
-        Err(e) => {
-            eprintln!("{name}: {e}");
-            return ExitCode::from(2);
-        }
+    let binary = crate::startup::Binary {
+        name,
+        about,
+        help: WORKER_ENV_HELP,
     };
-    let _telemetry = match crate::init_telemetry(name) {
-        Ok(guard) => guard,
-        Err(e) => {
-            eprintln!("{name}: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    tracing::info!(settings = %settings.summary(), "starting {name}");
-    match run_worker(settings, queue, register, crate::shutdown_signal()).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            let line = crate::error_line(e.as_ref());
-            tracing::error!(error = %line, "{name} failed");
-            eprintln!("{name}: {line}");
-            ExitCode::FAILURE
-        }
-    }
+    crate::startup::run(binary, WorkerSettings::from_env, WorkerSettings::summary, |settings| {
+        run_worker(settings, queue, register, crate::shutdown_signal())
+    })
+    .await
 }
 
 /// Runs a store call, riding out a database outage inside the attempt.

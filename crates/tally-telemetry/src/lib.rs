@@ -66,6 +66,9 @@ pub struct TelemetryGuard {
     tracer_provider: Option<SdkTracerProvider>,
     /// The Sentry client binding, when `SENTRY_DSN` is set.
     sentry: Option<sentry::ClientInitGuard>,
+    /// The shape of the log lines, so [`TelemetryGuard::report_fatal`]
+    /// writes a fatal error once in it.
+    log_format: LogFormat,
 }
 
 impl TelemetryGuard {
@@ -77,6 +80,22 @@ impl TelemetryGuard {
     /// Whether a Sentry client is bound.
     pub fn sentry_enabled(&self) -> bool {
         self.sentry.is_some()
+    }
+
+    /// Reports the error a service stops on, once: with text logs, the
+    /// line `service: error` on stderr (and a Sentry event when Sentry is
+    /// on); with JSON logs, one `error` event, which log collectors and
+    /// Sentry see like any other (or the plain line when `RUST_LOG`
+    /// silences errors, so a fatal error is never invisible).
+    pub fn report_fatal(&self, service: &str, line: &str) {
+        if self.log_format == LogFormat::Json && tracing::enabled!(tracing::Level::ERROR) {
+            tracing::error!(error = %line, "{service} failed");
+            return;
+        }
+        eprintln!("{service}: {line}");
+        if self.sentry.is_some() {
+            sentry::capture_message(&format!("{service} failed: {line}"), sentry::Level::Error);
+        }
     }
 }
 
@@ -142,6 +161,7 @@ pub fn init(service_name: &'static str) -> Result<TelemetryGuard, TelemetryError
     let guard = TelemetryGuard {
         tracer_provider,
         sentry,
+        log_format: settings.log_format,
     };
 
     if let Some(provider) = &guard.tracer_provider {
