@@ -38,8 +38,5 @@ async fn a_matchday_on_a_redis_cluster_reaches_exact_leaderboards() {
         stats["queues"]["scoring"]["counters"]["completed"].as_u64() >= Some(matchday.len() as u64),
         "{stats}"
     );
-    for (name, status) in stack.stop_all().await {
-        let status = status.expect("stopped");
-        assert!(status.success(), "{name} exited {status:?}");
-    }
+    stack.stop_cleanly().await;
 }

@@ -152,5 +152,5 @@ async fn sigterm_under_load_exits_zero_within_the_deadline_and_loses_nothing() {
     stack.service("scoring-worker").restart().expect("restart");
     stack.service("stats-worker").restart().expect("restart");
     stack.wait_settled(SETTLE).await.expect("nothing lost");
-    let _ = stack.stop_all().await;
+    stack.stop_cleanly().await;
 }

@@ -201,7 +201,7 @@ async fn one_trace_runs_from_the_cli_through_both_workers_and_from_the_gateway()
     .await
     .unwrap_or_else(|| panic!("no gateway trace; spans seen: {:#?}", spans(&otlp)));
     assert_tree(&gateway_trace.iter().collect::<Vec<_>>());
-    let _ = stack.stop_all().await;
+    stack.stop_cleanly().await;
 }
 
 /// The events (not transactions or sessions) in Sentry envelopes.
@@ -299,7 +299,7 @@ async fn sentry_gets_one_event_for_a_dead_job_and_none_for_a_retried_success() {
     assert_eq!(tags["kind"], "score_match", "{tags}");
     assert_eq!(tags["job_id"], doomed.id.as_str(), "{tags}");
     assert_eq!(tags["attempt"], "1", "{tags}");
-    let _ = stack.stop_all().await;
+    stack.stop_cleanly().await;
 }
 
 /// The value of the series `name{labels…}` in a Prometheus text page.
@@ -434,7 +434,7 @@ async fn metrics_of_each_service_match_the_work_done() {
         .is_some(),
         "{http}"
     );
-    let _ = stack.stop_all().await;
+    stack.stop_cleanly().await;
 }
 
 #[tokio::test]
