@@ -8,7 +8,7 @@
 # when scripts/deploy-requirements.txt changes); after that no network is
 # needed. Steps:
 #   1. yamllint on deploy/ and k8s/
-#   2. render each overlay with scripts/kustomize_render.py (kustomize subset)
+#   2. render each overlay with `kubectl kustomize` (kustomize v5.5)
 #   3. kubernetes-validate --strict against the oldest and newest supported
 #      Kubernetes versions (KEDA's CRDs have no bundled schema and are only
 #      checked by step 4)
@@ -38,6 +38,11 @@ fi
 PY="$VENV/bin/python"
 BIN="$VENV/bin"
 
+if ! command -v kubectl > /dev/null; then
+    echo "validate-deploy: kubectl (with kustomize) is needed to render k8s/overlays/" >&2
+    exit 1
+fi
+
 OUT="$(mktemp -d)"
 trap 'rm -rf "$OUT"' EXIT
 
@@ -58,7 +63,7 @@ render_all() {
     local overlay name status=0
     for overlay in k8s/overlays/*/; do
         name="$(basename "$overlay")"
-        if "$PY" scripts/kustomize_render.py "$overlay" > "$OUT/$name.yaml"; then
+        if kubectl kustomize "$overlay" > "$OUT/$name.yaml"; then
             echo "   rendered $overlay ($(grep -c '^kind:' "$OUT/$name.yaml") objects)"
         else
             status=1
