@@ -123,13 +123,6 @@ impl QueueKeys {
         self.part(&format!("claim:{worker}"))
     }
 
-    /// Hash of the queue's controls, set by operators and read by every
-    /// claim: `paused` (`1` while paused), `limit` (most jobs in flight
-    /// across every worker). Absent fields mean running, unlimited.
-    pub fn control(&self) -> String {
-        self.part("control")
-    }
-
     /// Short-lived lock (`SET NX PX`) held by the worker running the reaper.
     pub fn reaper_lock(&self) -> String {
         self.part("reaper")
@@ -157,7 +150,6 @@ impl QueueKeys {
             self.stats(),
             self.wake(),
             self.token(),
-            self.control(),
             self.reaper_lock(),
         ]);
         keys

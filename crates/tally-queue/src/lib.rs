@@ -31,7 +31,7 @@ mod scheduler;
 mod scripts;
 mod worker;
 
-pub use admin::{DeadJob, DeadSelector, QueueAdmin, QueueControl, QueueCounters, QueueStats, ReadyByPriority};
+pub use admin::{DeadJob, DeadSelector, QueueAdmin, QueueCounters, QueueStats, ReadyByPriority};
 pub use client::QueueClient;
 pub use clock::{now_ms, now_ms_f64};
 pub use config::QueueConfig;

@@ -36,9 +36,6 @@ pub(super) struct ClaimRequest {
 /// Reply of the claim script: acknowledgement statuses, then claimed jobs.
 pub(super) struct ClaimReply {
     pub(super) acks: Vec<i64>,
-    /// The queue is paused, or at its global limit with ready jobs left:
-    /// claim again after a pause, not when woken.
-    pub(super) throttled: bool,
     pub(super) jobs: Vec<Claimed>,
 }
 
@@ -85,7 +82,6 @@ pub(super) async fn claim_call(
         .key(keys.wake())
         .key(keys.stats())
         .key(keys.claim_record(&shared.worker_id))
-        .key(keys.control())
         .arg(request.map_or_else(
             || "-".to_owned(),
             |r| format!("{}:{}", if r.retry { 'r' } else { 'n' }, r.id),
@@ -104,10 +100,6 @@ pub(super) async fn claim_call(
         return Err(QueueError::Protocol("empty claim reply".into()));
     };
     let acks: Vec<i64> = redis::from_redis_value(ack_statuses)?;
-    let Some(throttled) = values.next() else {
-        return Err(QueueError::Protocol("claim reply without its throttled flag".into()));
-    };
-    let throttled = redis::from_redis_value::<i64>(throttled)? == 1;
     let mut jobs = Vec::with_capacity(values.len() / 6);
     while let Some(id) = values.next() {
         let mut field = || {
@@ -136,7 +128,7 @@ pub(super) async fn claim_call(
             held: jobs.len() >= start_now,
         });
     }
-    Ok(ClaimReply { acks, throttled, jobs })
+    Ok(ClaimReply { acks, jobs })
 }
 
 /// Runs a Redis call until it succeeds, fails for good, or `give_up_after`
