@@ -63,7 +63,10 @@ fn bad_settings_stop_each_binary_with_one_line_naming_the_variable() {
         assert_eq!(stderr.lines().count(), 1, "{binary}: one line, got {stderr}");
         assert!(stderr.contains(expected), "{binary}: {stderr}");
         // In no form: quoted, after `=`, or bare.
-        assert!(!stderr.contains("s3cr3t-val"), "the secret value is never shown: {stderr}");
+        assert!(
+            !stderr.contains("s3cr3t-val"),
+            "the secret value is never shown: {stderr}"
+        );
     }
 }
 
