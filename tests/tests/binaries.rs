@@ -221,35 +221,27 @@ async fn without_collector_or_dsn_a_service_starts_with_one_telemetry_line_and_n
 fn a_taken_port_names_the_setting_once() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = taken.local_addr().expect("addr").to_string();
-    let cases: [(&str, [(&str, &str); 2]); 2] = [
-        (
-            "cron-gateway",
-            [("CRON_SECRET", "0123456789abcdef0"), ("BIND_ADDR", &addr)],
-        ),
+    // (binary, the setting that names the taken address, the other required one)
+    let cases = [
+        ("cron-gateway", "BIND_ADDR", ("CRON_SECRET", "0123456789abcdef0")),
         (
             "scoring-worker",
-            [
-                ("DATABASE_URL", "postgres://tally@127.0.0.1:1/none"),
-                ("HEALTH_ADDR", &addr),
-            ],
+            "HEALTH_ADDR",
+            ("DATABASE_URL", "postgres://tally@127.0.0.1:1/none"),
         ),
     ];
-    for (binary, env) in cases {
+    for (binary, setting, required) in cases {
         for format in ["text", "json"] {
-            let mut all = env.to_vec();
-            all.extend([
+            let all = [
+                required,
+                (setting, addr.as_str()),
                 ("REDIS_URL", "redis://127.0.0.1:1"),
                 ("LOG_FORMAT", format),
                 ("OUTBOX_RELAY", "off"),
-            ]);
+            ];
             let out = run_briefly(binary, &all, &[]);
             let stderr = String::from_utf8_lossy(&out.stderr);
             assert_eq!(out.status.code(), Some(1), "{binary} {format}: {stderr}");
-            let setting = if binary == "cron-gateway" {
-                "BIND_ADDR"
-            } else {
-                "HEALTH_ADDR"
-            };
             let cause = format!("{setting}={addr}");
             let lines: Vec<&str> = stderr.lines().filter(|l| l.contains(&cause)).collect();
             assert_eq!(lines.len(), 1, "{binary} {format}: the cause once, got:\n{stderr}");
