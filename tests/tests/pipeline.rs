@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use tally_e2e::{Stack, StackOptions, score_for};
+use tally_jobs::{Job as _, ScoreMatch};
 
 const SETTLE: Duration = Duration::from_secs(60);
 
@@ -87,17 +88,31 @@ async fn workers_killed_with_sigkill_mid_run_leave_the_final_state_exact() {
         ])
         .await;
 
-    // Two rounds of results, recorded while the workers are being killed.
-    let first = stack.matchday().await.expect("matchday");
-    stack.finish_all(&first).await;
-    for round in 0..3 {
-        tokio::time::sleep(Duration::from_millis(30 + 20 * round)).await;
+    // Three rounds of results. In each, a transaction of the test's own
+    // holds a SHARE lock on `predictions`, so the scoring job blocks inside
+    // its UPDATE with its lease held: the SIGKILL lands mid-job by
+    // construction, not by luck of timing. (The stats workers are killed at
+    // whatever point they are.)
+    for _ in 0..3 {
+        let blocker = stack.store.pool().get().await.expect("pool");
+        blocker
+            .batch_execute("BEGIN; LOCK TABLE predictions IN SHARE MODE")
+            .await
+            .expect("lock predictions");
+        let fixtures = stack.matchday().await.expect("matchday");
+        stack.finish_all(&fixtures).await;
+        let admin = stack.admin.clone();
+        stack
+            .wait_for("a scoring job leased and blocked", Duration::from_secs(20), || {
+                let admin = admin.clone();
+                async move { Ok(admin.stats(ScoreMatch::QUEUE).await?.in_flight > 0) }
+            })
+            .await
+            .expect("scoring job in flight");
         stack.service("stats-worker-1").kill9().await.expect("kill stats");
         stack.service("scoring-worker").kill9().await.expect("kill scoring");
-        if round == 1 {
-            let second = stack.matchday().await.expect("matchday");
-            stack.finish_all(&second).await;
-        }
+        blocker.batch_execute("ROLLBACK").await.expect("unlock");
+        drop(blocker);
         stack.service("stats-worker-1").restart().expect("restart stats");
         stack.service("scoring-worker").restart().expect("restart scoring");
         stack
@@ -112,6 +127,19 @@ async fn workers_killed_with_sigkill_mid_run_leave_the_final_state_exact() {
         .wait_settled(SETTLE)
         .await
         .expect("settled and exact after SIGKILLs");
+    // Each kill took at least the blocked job with it: the reaper gave each
+    // back to the queue (a kill between jobs would leave this at 0).
+    let recovered = stack
+        .admin
+        .stats(ScoreMatch::QUEUE)
+        .await
+        .expect("stats")
+        .counters
+        .recovered;
+    assert!(
+        recovered >= 3,
+        "{recovered} scoring job(s) recovered after 3 mid-job kills"
+    );
     stack.stop_cleanly().await;
 }
 
