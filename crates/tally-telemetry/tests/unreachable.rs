@@ -94,12 +94,15 @@ fn an_unanswering_collector_and_sentry_never_block_the_service() {
     let shutdown_took = started.elapsed();
     eprintln!("init {init_took:?}, record {record_took:?}, shutdown {shutdown_took:?}");
 
-    // Generous bounds: these catch blocking on the network (seconds per call),
-    // not performance.
+    // Init and recording: hang guards (a call blocked on the network takes
+    // seconds). Shutdown: the documented bound, at most 3 s for traces plus
+    // 2 s for Sentry against a collector that never answers (5.0 s measured
+    // here), with 1.5 s of slack for a loaded machine; a longer timeout in
+    // either exporter fails this.
     assert!(init_took < Duration::from_secs(5), "init took {init_took:?}");
     assert!(record_took < Duration::from_secs(5), "recording took {record_took:?}");
     assert!(
-        shutdown_took < Duration::from_secs(12),
-        "shutdown took {shutdown_took:?}"
+        shutdown_took < Duration::from_millis(6_500),
+        "shutdown took {shutdown_took:?}, more than the documented 3 s + 2 s"
     );
 }
