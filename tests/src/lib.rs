@@ -3,7 +3,7 @@
 //! service binaries started as child processes against them. Tests record
 //! results, break things (SIGKILL, SIGTERM, stop Postgres, restart or flush
 //! Redis, write results behind tally's back) and check the final state
-//! against the brute-force recomputation in `tally_cli::verify`.
+//! against the brute-force recomputation in `tally_oracle`.
 //!
 //! The binaries must be built first (`make test` runs `cargo build --bins`);
 //! a missing one fails with a line saying so.
@@ -309,7 +309,7 @@ impl Stack {
     /// flight), the outbox is empty (every committed job relayed) and the
     /// published views equal the brute-force recomputation. Fails at once if
     /// a job is dead.
-    pub async fn wait_settled(&self, timeout: Duration) -> anyhow::Result<tally_cli::verify::Checked> {
+    pub async fn wait_settled(&self, timeout: Duration) -> anyhow::Result<tally_oracle::Checked> {
         let deadline = Instant::now() + timeout;
         loop {
             let mut busy = 0;
@@ -336,7 +336,7 @@ impl Stack {
             } else if busy > 0 {
                 format!("{busy} job(s) not finished")
             } else {
-                match tally_cli::verify::verify(&self.store).await {
+                match tally_oracle::verify(&self.store).await {
                     Ok(Ok(checked)) => return Ok(checked),
                     Ok(Err(diff)) => diff,
                     Err(e) => format!("verify: {e:#}"),

@@ -22,7 +22,6 @@ use crate::commands::{
     QUEUES, connect_queue, connect_store, finish_match, print_leaderboard, print_standings, seed_with_progress,
 };
 use crate::services::Service;
-use crate::verify;
 
 fn step(n: usize, text: &str) {
     eprintln!("\n{}", crate::output::styled("1", &format!("[{n}/8] {text}")));
@@ -242,7 +241,7 @@ async fn play(
         // Committed with their results, not yet relayed to Redis.
         busy += u64::try_from(store.outbox_backlog().await?.pending).unwrap_or(0);
         if busy == 0 {
-            match verify::verify(store).await? {
+            match tally_oracle::verify(store).await? {
                 Ok(checked) => {
                     let elapsed = first_result.elapsed();
                     eprintln!(

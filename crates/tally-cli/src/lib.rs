@@ -6,8 +6,6 @@
 //! - [`demo`]: a whole matchday through the real services;
 //! - [`services`]: starting the service binaries as child processes (used by
 //!   the demo and the end-to-end tests);
-//! - [`verify`]: a brute-force recomputation of leaderboards and standings
-//!   from raw rows, to check the pipeline's results;
 //! - [`output`]: tables and a progress bar for humans.
 
 pub mod bench;
@@ -16,7 +14,6 @@ pub mod commands;
 pub mod demo;
 pub mod output;
 pub mod services;
-pub mod verify;
 
 pub use cli::Cli;
 

@@ -7,199 +7,20 @@
 //! sequence: results, postponements, cancellations, kick-offs,
 //! reschedulings; pipeline steps are sometimes repeated, sometimes delayed
 //! until later, and refreshes happen at random points.
+//!
+//! The recomputation is `tally_oracle`, the yardstick the end-to-end tests
+//! and the demo use too; the last test shows it catches a wrong leaderboard
+//! or league table.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 
 use tally_store::seed::{SeedOptions, SeedRng};
-use tally_store::{LeaderboardRow, MatchStatus, Scope, StandingRow, Store, StoreError};
+use tally_store::{MatchStatus, Scope, Store, StoreError};
 use tokio_postgres::Client;
 
 use crate::common::seeded;
 
 const SEEDS: u64 = 8;
-
-#[derive(Debug, Clone)]
-struct RawMatch {
-    id: i64,
-    competition: i64,
-    home: i64,
-    away: i64,
-    status: String,
-    score: Option<(i32, i32)>,
-}
-
-struct Raw {
-    usernames: HashMap<i64, String>,
-    rules: HashMap<i64, (i32, i32)>,
-    teams: HashMap<i64, String>,
-    matches: HashMap<i64, RawMatch>,
-    predictions: Vec<(i64, i64, i32, i32)>,
-}
-
-async fn load(client: &Client) -> Raw {
-    let q = |sql: &'static str| async move { client.query(sql, &[]).await.expect(sql) };
-    let usernames = q("SELECT id, username FROM users")
-        .await
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
-    let rules = q("SELECT id, points_exact, points_outcome FROM competitions")
-        .await
-        .iter()
-        .map(|r| (r.get(0), (r.get(1), r.get(2))))
-        .collect();
-    let teams = q("SELECT id, name FROM teams")
-        .await
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
-    let matches =
-        q("SELECT id, competition_id, home_team_id, away_team_id, status, home_score, away_score FROM matches")
-            .await
-            .iter()
-            .map(|r| {
-                let home_score: Option<i32> = r.get(5);
-                let away_score: Option<i32> = r.get(6);
-                let m = RawMatch {
-                    id: r.get(0),
-                    competition: r.get(1),
-                    home: r.get(2),
-                    away: r.get(3),
-                    status: r.get(4),
-                    score: home_score.zip(away_score),
-                };
-                (m.id, m)
-            })
-            .collect();
-    let predictions = q("SELECT user_id, match_id, home_score, away_score FROM predictions")
-        .await
-        .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
-        .collect();
-    Raw {
-        usernames,
-        rules,
-        teams,
-        matches,
-        predictions,
-    }
-}
-
-/// Brute-force leaderboards: board id → rows in display order.
-fn expected_leaderboards(raw: &Raw) -> BTreeMap<i64, Vec<LeaderboardRow>> {
-    // (board, user) → (points, exact, outcome, scored)
-    let mut totals: BTreeMap<(i64, i64), (i64, i64, i64, i64)> = BTreeMap::new();
-    for &(user, match_id, ph, pa) in &raw.predictions {
-        let m = &raw.matches[&match_id];
-        if m.status != "finished" {
-            continue;
-        }
-        let (rh, ra) = m.score.expect("finished matches have scores");
-        let (exact_points, outcome_points) = raw.rules[&m.competition];
-        let exact = ph == rh && pa == ra;
-        let outcome = !exact && (ph - pa).signum() == (rh - ra).signum();
-        let points = if exact {
-            exact_points
-        } else if outcome {
-            outcome_points
-        } else {
-            0
-        };
-        for board in [0, m.competition] {
-            let t = totals.entry((board, user)).or_default();
-            t.0 += i64::from(points);
-            t.1 += i64::from(exact);
-            t.2 += i64::from(outcome);
-            t.3 += 1;
-        }
-    }
-    let mut boards: BTreeMap<i64, Vec<LeaderboardRow>> = BTreeMap::new();
-    boards.insert(0, Vec::new());
-    for &competition in raw.rules.keys() {
-        boards.insert(competition, Vec::new());
-    }
-    for (&(board, user), &(points, exact, outcome, scored)) in &totals {
-        boards.get_mut(&board).expect("known board").push(LeaderboardRow {
-            user_id: user,
-            username: raw.usernames[&user].clone(),
-            points,
-            exact_scores: exact,
-            correct_outcomes: outcome,
-            predictions_scored: scored,
-            rank: 0,
-        });
-    }
-    for rows in boards.values_mut() {
-        rows.sort_by(|a, b| b.points.cmp(&a.points).then(a.user_id.cmp(&b.user_id)));
-        let points: Vec<i64> = rows.iter().map(|r| r.points).collect();
-        for row in rows.iter_mut() {
-            row.rank = 1 + points.iter().filter(|&&p| p > row.points).count() as i64;
-        }
-    }
-    boards
-}
-
-/// Brute-force league tables: competition id → rows in order.
-fn expected_standings(raw: &Raw) -> BTreeMap<i64, Vec<StandingRow>> {
-    let mut tables: BTreeMap<i64, BTreeMap<i64, StandingRow>> = BTreeMap::new();
-    for m in raw.matches.values() {
-        for team in [m.home, m.away] {
-            tables
-                .entry(m.competition)
-                .or_default()
-                .entry(team)
-                .or_insert_with(|| StandingRow {
-                    position: 0,
-                    team_id: team,
-                    team: raw.teams[&team].clone(),
-                    played: 0,
-                    won: 0,
-                    drawn: 0,
-                    lost: 0,
-                    goals_for: 0,
-                    goals_against: 0,
-                    goal_difference: 0,
-                    points: 0,
-                });
-        }
-    }
-    for m in raw.matches.values().filter(|m| m.status == "finished") {
-        let (h, a) = m.score.expect("score");
-        let table = tables.get_mut(&m.competition).expect("table");
-        for (team, scored, conceded) in [(m.home, h, a), (m.away, a, h)] {
-            let row = table.get_mut(&team).expect("team row");
-            row.played += 1;
-            row.goals_for += i64::from(scored);
-            row.goals_against += i64::from(conceded);
-            match scored.cmp(&conceded) {
-                std::cmp::Ordering::Greater => row.won += 1,
-                std::cmp::Ordering::Equal => row.drawn += 1,
-                std::cmp::Ordering::Less => row.lost += 1,
-            }
-        }
-    }
-    let mut result = BTreeMap::new();
-    for (competition, table) in tables {
-        let mut rows: Vec<StandingRow> = table.into_values().collect();
-        for row in &mut rows {
-            row.points = 3 * row.won + row.drawn;
-            row.goal_difference = row.goals_for - row.goals_against;
-        }
-        rows.sort_by(|a, b| {
-            b.points
-                .cmp(&a.points)
-                .then(b.goal_difference.cmp(&a.goal_difference))
-                .then(b.goals_for.cmp(&a.goals_for))
-                .then(a.team.cmp(&b.team))
-                .then(a.team_id.cmp(&b.team_id))
-        });
-        for (i, row) in rows.iter_mut().enumerate() {
-            row.position = i as i64 + 1;
-        }
-        result.insert(competition, rows);
-    }
-    result
-}
 
 /// Scores `match_id` the way the worker would, checking refusals.
 async fn score(store: &Store, match_id: i64, status: MatchStatus) {
@@ -313,16 +134,18 @@ async fn published_views_equal_a_brute_force_recomputation() {
         }
         store.refresh_views(Scope::All).await.expect("final refresh");
 
-        let raw = load(&client).await;
-        for (board, expected) in expected_leaderboards(&raw) {
-            let competition = (board != 0).then_some(board);
+        let raw = tally_oracle::load(&client).await.expect("raw rows");
+        for (board, expected) in tally_oracle::leaderboards(&raw) {
+            let competition = (board != tally_oracle::OVERALL).then_some(board);
             let got = store.leaderboard(competition, 1_000_000, 0).await.expect("leaderboard");
             assert_eq!(got, expected, "seed {seed}, board {board}, options {options:?}");
         }
-        for (competition, expected) in expected_standings(&raw) {
+        for (competition, expected) in tally_oracle::standings(&raw) {
             let got = store.standings(competition).await.expect("standings");
             assert_eq!(got, expected, "seed {seed}, competition {competition}");
         }
+        let checked = tally_oracle::compare(&store, &raw).await.expect("compare");
+        assert!(checked.is_ok(), "seed {seed}: {checked:?}");
         // Stored scoring agrees too: void exactly for postponed / cancelled.
         let bad: i64 = client
             .query_one(
@@ -375,4 +198,59 @@ async fn seeding_is_deterministic() {
     let other = SeedOptions { seed: 78, ..options };
     let (_c, _, client_c, _) = seeded(&other).await;
     assert_ne!(fingerprint(client_c).await, fa, "another seed gives other data");
+}
+
+/// The yardstick is only worth something if it fails on a wrong answer: a
+/// published leaderboard row or league table line changed behind the
+/// pipeline's back must be named.
+#[tokio::test]
+async fn the_oracle_names_a_wrong_leaderboard_row_and_a_wrong_table_line() {
+    let options = SeedOptions {
+        users: 30,
+        predictions: 300,
+        competitions: 1,
+        teams_per_competition: 4,
+        played_fraction: 0.5,
+        seed: 3,
+    };
+    let (_db, store, client, _) = seeded(&options).await;
+    store.refresh_views(Scope::All).await.expect("refresh");
+    let checked = tally_oracle::verify(&store)
+        .await
+        .expect("verify")
+        .expect("exact after seeding");
+    assert!(checked.rows > 0 && checked.tables == 1, "{checked:?}");
+
+    let changed = client
+        .execute(
+            "UPDATE leaderboard_entries SET points = points + 1
+              WHERE user_id = (SELECT min(user_id) FROM leaderboard_entries)",
+            &[],
+        )
+        .await
+        .expect("tamper");
+    assert!(changed > 0);
+    let diff = tally_oracle::verify(&store)
+        .await
+        .expect("verify")
+        .expect_err("a wrong board");
+    assert!(diff.contains("leaderboard"), "{diff}");
+    client
+        .execute("UPDATE leaderboard_entries SET points = points - 1 WHERE user_id = (SELECT min(user_id) FROM leaderboard_entries)", &[])
+        .await
+        .expect("undo");
+    tally_oracle::verify(&store)
+        .await
+        .expect("verify")
+        .expect("exact once undone");
+
+    client
+        .execute("UPDATE standings SET goals_for = goals_for + 1 WHERE position = 1", &[])
+        .await
+        .expect("tamper");
+    let diff = tally_oracle::verify(&store)
+        .await
+        .expect("verify")
+        .expect_err("a wrong table");
+    assert!(diff.contains("league table"), "{diff}");
 }
