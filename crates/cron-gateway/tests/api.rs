@@ -193,11 +193,49 @@ async fn redis_down_is_503_and_not_ready_but_alive() {
     gw.stop().await;
 }
 
+/// Set in the environment of the child process that runs
+/// [`metrics_count_requests_by_route_and_status`] alone.
+const METRICS_CHILD: &str = "TALLY_GATEWAY_METRICS_CHILD";
+
+/// The value of the `tally_http_requests_total` series with these route and
+/// status labels, if served.
+fn requests_total(text: &str, route: &str, status: &str) -> Option<f64> {
+    let (route, status) = (format!(r#"route="{route}""#), format!(r#"status="{status}""#));
+    text.lines()
+        .filter(|l| l.starts_with("tally_http_requests_total{") && l.contains(&route) && l.contains(&status))
+        .map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse().ok()).expect("a number"))
+        .next()
+}
+
 #[tokio::test]
 async fn metrics_count_requests_by_route_and_status() {
+    if std::env::var_os(METRICS_CHILD).is_none() {
+        // The recorder is process-global and the other tests of this file
+        // feed it in parallel: count exactly in a child process running this
+        // test alone.
+        let output = std::process::Command::new(std::env::current_exe().expect("test binary"))
+            .args(["--exact", "metrics_count_requests_by_route_and_status", "--nocapture"])
+            .env(METRICS_CHILD, "1")
+            .output()
+            .expect("run the child");
+        assert!(
+            output.status.success() && String::from_utf8_lossy(&output.stdout).contains("1 passed"),
+            "child failed:\n{}\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        return;
+    }
     let gw = gateway().await;
-    gw.call("POST", "/api/cron/update-stats", Some(SECRET), b"").await;
-    gw.call("POST", "/api/cron/update-stats", None, b"").await;
+    let route = "/api/cron/update-stats";
+    assert_eq!(gw.call("POST", route, Some(SECRET), b"").await.status, 200);
+    assert_eq!(gw.call("POST", route, None, b"").await.status, 401);
+    assert_eq!(
+        gw.call("POST", route, Some("wrong-secret-0123456789"), b"")
+            .await
+            .status,
+        401
+    );
     let metrics = get(gw.addr, "/metrics").await.expect("metrics");
     assert_eq!(metrics.status, 200);
     assert!(
@@ -207,16 +245,17 @@ async fn metrics_count_requests_by_route_and_status() {
         "{:?}",
         metrics.headers
     );
-    // The recorder is process-global and tests run in parallel, so look for
-    // the series rather than exact totals here; exact counts are checked
-    // end to end against a dedicated process.
-    for series in [
-        r#"route="/api/cron/update-stats""#,
-        r#"status="200""#,
-        r#"status="401""#,
-    ] {
-        assert!(metrics.body.contains(series), "missing {series} in:\n{}", metrics.body);
-    }
+    let text = &metrics.body;
+    assert_eq!(requests_total(text, route, "200"), Some(1.0), "{text}");
+    assert_eq!(requests_total(text, route, "401"), Some(2.0), "{text}");
+    assert_eq!(requests_total(text, route, "503"), None, "{text}");
+    // The histogram counts the same requests.
+    let durations: f64 = text
+        .lines()
+        .filter(|l| l.starts_with("tally_http_request_duration_seconds_count{") && l.contains(route))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+        .sum();
+    assert_eq!(durations, 3.0, "{text}");
     gw.stop().await;
 }
 
