@@ -9,7 +9,7 @@ use actix_web::http::header::{AUTHORIZATION, HeaderMap};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-/// Minimum secret length, as DESIGN.md section 5 requires.
+/// Minimum secret length (docs/CONTRACTS.md).
 pub const MIN_SECRET_LEN: usize = 16;
 
 /// The shared secret the CronJob presents as a bearer token.

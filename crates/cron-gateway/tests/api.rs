@@ -1,4 +1,4 @@
-//! The gateway's HTTP contract (DESIGN.md section 5), against a real server
+//! The gateway's HTTP contract (docs/CONTRACTS.md), against a real server
 //! bound on a free port and a real Redis from the test kit.
 
 use std::{net::SocketAddr, time::Duration};

@@ -56,7 +56,7 @@ async fn enqueued_jobs_are_processed_once_and_leave_nothing_behind() {
     assert_eq!(stats.counters.enqueued, 110);
 }
 
-/// Semantic 7: strict priority order within a queue.
+/// Guarantee 7: strict priority order within a queue.
 #[tokio::test]
 async fn s07_priorities_are_claimed_in_strict_order() {
     let (_redis, client) = setup().await;
@@ -120,7 +120,7 @@ async fn s07_priorities_are_claimed_in_strict_order() {
     assert_eq!(*order.lock().expect("lock"), vec![3, 5, 7, 2, 6, 1, 4]);
 }
 
-/// Semantic 8: a waiting job absorbs enqueues with the same dedup key; once
+/// Guarantee 8: a waiting job absorbs enqueues with the same dedup key; once
 /// it has started, a new enqueue creates a new job.
 #[tokio::test]
 async fn s08_dedup_coalesces_while_waiting_and_not_after_start() {
@@ -198,7 +198,7 @@ async fn s08_dedup_coalesces_while_waiting_and_not_after_start() {
     assert_eq!(admin.stats(QUEUE).await.expect("stats").counters.enqueued, 3);
 }
 
-/// Semantic 9: at most `concurrency` attempts per worker process; several
+/// Guarantee 9: at most `concurrency` attempts per worker process; several
 /// processes share a queue; each job runs exactly once.
 #[tokio::test]
 async fn s09_concurrency_per_worker_and_many_workers() {
@@ -265,7 +265,7 @@ fn no_polling(client: &QueueClient, url: &str) -> QueueClient {
     QueueClient::new(url, config).expect("client")
 }
 
-/// Semantic 5 (ready work): an idle worker blocks on Redis and is woken by
+/// Guarantee 5 (ready work): an idle worker blocks on Redis and is woken by
 /// an enqueue at once, not by a poll.
 #[tokio::test]
 async fn s05_idle_worker_is_woken_by_enqueue_without_polling() {
@@ -295,7 +295,7 @@ async fn s05_idle_worker_is_woken_by_enqueue_without_polling() {
     running.stop().await;
 }
 
-/// Semantic 5 (delayed work): a delayed job waits in the scheduled set and
+/// Guarantee 5 (delayed work): a delayed job waits in the scheduled set and
 /// starts once due; the promoter learns of the due time by announcement,
 /// not by polling (its safety sleep is a minute here).
 #[tokio::test]
@@ -371,7 +371,7 @@ async fn s05_delayed_job_starts_when_due_not_before() {
     );
 }
 
-/// Semantic 13: event hooks see completed / failed / dead with job facts,
+/// Guarantee 13: event hooks see completed / failed / dead with job facts,
 /// and the trace context travels in the envelope to the handler.
 #[tokio::test]
 async fn s13_event_hooks_and_trace_context() {

@@ -205,7 +205,7 @@ async fn read_starts(conn: &mut redis::aio::MultiplexedConnection, prefix: &str)
     by_job
 }
 
-/// Semantic 1 + 2, the crash test: 1000 jobs, three worker
+/// Guarantee 1 + 2, the crash test: 1000 jobs, three worker
 /// processes, one killed with SIGKILL every 250 ms and replaced. Every job
 /// completes exactly once, the fenced side effects are never applied by a
 /// stale claim, and each killed job is recovered (the hang guard is lease +
@@ -324,7 +324,7 @@ async fn s01_sigkill_chaos_1000_jobs_none_lost_all_recovered() {
     assert!(stats.counters.recovered >= recoveries.len() as u64);
 }
 
-/// Semantic 10, the shutdown test: SIGTERM under load exits 0 within
+/// Guarantee 10, the shutdown test: SIGTERM under load exits 0 within
 /// the drain deadline; unfinished jobs go back without spending an attempt;
 /// nothing is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,7 +11,7 @@ use common::{Echo, Hooks, Other, QUEUE, Recorder, eventually, fast_config, setup
 use redis::AsyncCommands as _;
 use tally_queue::{DeadSelector, JobContext, JobError, Producer, QueueAdmin, QueueClient, QueueConfig, Worker};
 
-/// Semantic 3: a failed attempt is retried after its backoff, from the
+/// Guarantee 3: a failed attempt is retried after its backoff, from the
 /// scheduled set in Redis; "retry after D" overrides the backoff; the
 /// handler sees the attempt number and the failures so far.
 #[tokio::test]
@@ -78,7 +78,7 @@ async fn s03_failures_retry_with_backoff_from_redis() {
     );
 }
 
-/// Semantic 3 + 4: attempts exhausted → dead set with the last error.
+/// Guarantee 3 + 4: attempts exhausted → dead set with the last error.
 #[tokio::test]
 async fn s03_exhausted_attempts_go_to_the_dead_set_with_the_last_error() {
     let (_redis, client) = setup().await;
@@ -107,7 +107,7 @@ async fn s03_exhausted_attempts_go_to_the_dead_set_with_the_last_error() {
     assert_eq!(dead.kind.as_deref(), Some("echo"));
 }
 
-/// Semantic 3: "do not retry" goes dead at once.
+/// Guarantee 3: "do not retry" goes dead at once.
 #[tokio::test]
 async fn s03_give_up_skips_the_remaining_attempts() {
     let (_redis, client) = setup().await;
@@ -191,7 +191,7 @@ impl Drop for DropProbe {
     }
 }
 
-/// Semantic 6: the per-job timeout cancels the handler (token cancelled,
+/// Guarantee 6: the per-job timeout cancels the handler (token cancelled,
 /// future dropped) and is a retryable failure.
 #[tokio::test]
 async fn s06_timeout_really_cancels_the_handler_and_retries() {
@@ -281,7 +281,7 @@ async fn s06_worker_timeout_override() {
     );
 }
 
-/// Semantic 4: the dead set can be listed, inspected, retried and purged.
+/// Guarantee 4: the dead set can be listed, inspected, retried and purged.
 #[tokio::test]
 async fn s04_dead_set_list_inspect_retry_purge() {
     let (_redis, client) = setup().await;
@@ -385,7 +385,7 @@ async fn s04_dead_set_list_inspect_retry_purge() {
     assert_eq!(admin.dead_purge(QUEUE, DeadSelector::All).await.expect("purge all"), 0);
 }
 
-/// Semantic 4 + 12: the dead set is bounded by count and by age.
+/// Guarantee 4 + 12: the dead set is bounded by count and by age.
 #[tokio::test]
 async fn s04_dead_set_is_capped_by_count_and_age() {
     let redis = tally_testkit::redis().await;
@@ -449,7 +449,7 @@ async fn s04_dead_set_is_capped_by_count_and_age() {
     assert_eq!((envelopes, infos), (1, 1));
 }
 
-/// Semantic 11: bad input goes to the dead set with a clear reason and the
+/// Guarantee 11: bad input goes to the dead set with a clear reason and the
 /// worker keeps going.
 #[tokio::test]
 async fn s11_bad_input_goes_dead_with_a_reason_and_the_worker_keeps_going() {

@@ -31,7 +31,7 @@ fn stuck_worker(client: &QueueClient, started: mpsc::UnboundedSender<(String, u6
         .expect("build")
 }
 
-/// Semantic 1: the job of a killed worker is recovered by another worker
+/// Guarantee 1: the job of a killed worker is recovered by another worker
 /// within lease + a few seconds, as a new attempt with the crash counted.
 #[tokio::test]
 async fn s01_killed_workers_job_is_recovered_within_lease_plus_5s() {
@@ -96,7 +96,7 @@ async fn s01_killed_workers_job_is_recovered_within_lease_plus_5s() {
     );
 }
 
-/// Semantic 2: a result with a stale fencing token is rejected, so a
+/// Guarantee 2: a result with a stale fencing token is rejected, so a
 /// recovered job is never finished twice by a slow old worker.
 #[tokio::test]
 async fn s02_stale_token_results_are_rejected() {
@@ -181,7 +181,7 @@ async fn s02_stale_token_results_are_rejected() {
     );
 }
 
-/// Semantic 2: a worker whose lease is taken over sees its heartbeat refused
+/// Guarantee 2: a worker whose lease is taken over sees its heartbeat refused
 /// and its attempt cancelled.
 #[tokio::test]
 async fn s02_lost_lease_cancels_the_attempt() {
@@ -221,7 +221,7 @@ async fn s02_lost_lease_cancels_the_attempt() {
     assert_eq!((report.completed, report.stale), (0, 1));
 }
 
-/// Semantic 3: crashes are counted apart from errors; a job that kills its
+/// Guarantee 3: crashes are counted apart from errors; a job that kills its
 /// worker every time ends in the dead set instead of looping.
 #[tokio::test]
 async fn s03_a_job_that_kills_its_worker_every_time_ends_dead() {
@@ -265,7 +265,7 @@ async fn s03_a_job_that_kills_its_worker_every_time_ends_dead() {
     );
 }
 
-/// Semantic 10: on shutdown the worker stops claiming, lets short jobs
+/// Guarantee 10: on shutdown the worker stops claiming, lets short jobs
 /// finish, and puts the unfinished ones back at the HEAD of their ready list
 /// without spending an attempt, within the drain deadline.
 #[tokio::test]
@@ -348,7 +348,7 @@ async fn s10_graceful_shutdown_requeues_unfinished_jobs_at_the_head() {
     assert!(attempts.iter().all(|(_, a)| *a == 1), "{attempts:?}");
 }
 
-/// Semantic 10 with claiming ahead: a fast worker holds claimed jobs it has
+/// Guarantee 10 with claiming ahead: a fast worker holds claimed jobs it has
 /// not started yet; on shutdown they go back without spending an attempt,
 /// and every job still runs exactly once overall.
 #[tokio::test]
@@ -402,7 +402,7 @@ async fn s10_jobs_claimed_ahead_go_back_on_shutdown_without_spending_an_attempt(
     assert_eq!(runs.iter().map(|(n, _)| *n).collect::<HashSet<_>>().len() as u64, TOTAL);
 }
 
-/// Semantic 12: after 100,000 jobs (with retries, dedup, delays and dead
+/// Guarantee 12: after 100,000 jobs (with retries, dedup, delays and dead
 /// jobs mixed in) the queue holds no per-job data: only its fixed keys.
 #[tokio::test]
 async fn s12_no_per_job_leftovers_after_100k_jobs() {
@@ -480,7 +480,7 @@ async fn s12_no_per_job_leftovers_after_100k_jobs() {
     assert_eq!(dead_records, TOTAL / 1000);
 }
 
-/// Semantic 11: Redis going away. Producers get a clear `Unavailable` error;
+/// Guarantee 11: Redis going away. Producers get a clear `Unavailable` error;
 /// workers back off, reconnect and resume; with AOF nothing is lost.
 #[tokio::test]
 async fn s11_redis_restart_mid_run_loses_nothing() {

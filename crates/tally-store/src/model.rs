@@ -2,7 +2,7 @@
 //!
 //! Row types derive `Serialize` with camelCase names because the CLI prints
 //! them as JSON (`{"userId":…,"points":…,"rank":…}`) and that shape is a
-//! contract (DESIGN.md section 5).
+//! contract (docs/CONTRACTS.md).
 
 use std::fmt;
 use std::str::FromStr;

@@ -9,7 +9,7 @@
 //! the same row at once; it hands them to a push callback (this crate knows
 //! nothing of Redis), then deletes the rows pushed and marks the rows
 //! refused, in the same transaction. Committing that transaction is the
-//! "delete" of the "push, then delete".
+//! "delete" of the relay's "push, then delete".
 //!
 //! The job id of a row is `outbox-<id>` ([`job_id`]). A relay that dies after
 //! its push and before its commit leaves the row to the next relay; pushing

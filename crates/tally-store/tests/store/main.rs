@@ -2,7 +2,7 @@
 //!
 //! One test binary (so one throwaway server from tally-testkit for all of
 //! them); each test gets its own database cloned from a migrated template.
-//! Modules follow the checklist: scoring rules, constraints,
+//! Modules: scoring rules, constraints,
 //! migrations, idempotency and concurrency, readers during refreshes, a
 //! property test against a brute-force recomputation, the bounds of a
 //! job attempt's database work (timeouts, cancellation, isolation, races),
