@@ -723,3 +723,85 @@ async fn match_finish_says_when_no_scoring_worker_is_running() {
     running.await.expect("joined").expect("worker stops");
     assert!(quiet, "the warning stays with a worker running");
 }
+
+/// The dead-letter and enqueue commands an operator uses after an incident,
+/// each checked by what it left in the queues: a retry by id puts back that
+/// job only, a purge by age spares the younger dead, and a hand-made
+/// refresh coalesces with one already waiting.
+#[tokio::test]
+async fn retry_by_id_purge_by_age_and_enqueue_do_what_they_say() {
+    let redis = tally_testkit::redis().await;
+    let client = client(&redis);
+    let admin = QueueAdmin::new(client.clone());
+    let queue = CalculatePoints::QUEUE;
+    let real = bury_real_jobs(&client, 3).await;
+    let now = tally_queue::now_ms();
+    bury_without_envelope(
+        &redis,
+        &client.keys(queue),
+        &[
+            ("old-1".to_owned(), now - 2 * 3_600_000),
+            ("old-2".to_owned(), now - 3 * 3_600_000),
+        ],
+    )
+    .await;
+    assert_eq!(admin.stats(queue).await.expect("stats").dead, 5);
+
+    // Retry one job by id: it alone is back, with its envelope, ready.
+    let out = tally(
+        &redis,
+        &["--json", "queue", "dead", "retry", "--queue", queue, &real[0]],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(answer["retried"], 1, "{answer}");
+    let stats = admin.stats(queue).await.expect("stats");
+    assert_eq!((stats.ready, stats.dead), (1, 4), "{stats:?}");
+    assert!(admin.dead_get(queue, &real[0]).await.expect("get").is_none());
+    assert!(admin.dead_get(queue, &real[1]).await.expect("get").is_some());
+
+    // Purge what died more than an hour ago: the two old ones, not the two
+    // that died a moment ago.
+    let out = tally(
+        &redis,
+        &["queue", "dead", "purge", "--queue", queue, "--older-than-hours", "1"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), "2 dead job(s) of stats purged");
+    let out = tally(&redis, &["--json", "queue", "dead", "list", "--queue", queue]);
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let mut ids: Vec<&str> = listed
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|j| j["id"].as_str().expect("id"))
+        .collect();
+    ids.sort_unstable();
+    let mut want = vec![real[1].as_str(), real[2].as_str()];
+    want.sort_unstable();
+    assert_eq!(ids, want, "{listed}");
+
+    // Purge the rest with --all.
+    let out = tally(&redis, &["--json", "queue", "dead", "purge", "--queue", queue, "--all"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(answer["purged"], 2, "{answer}");
+    assert_eq!(admin.stats(queue).await.expect("stats").dead, 0);
+
+    // A refresh enqueued by hand, twice: the second coalesces into the first.
+    let first = tally(&redis, &["--json", "enqueue", "refresh-views"]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    let first: serde_json::Value = serde_json::from_slice(&first.stdout).expect("JSON");
+    assert_eq!(first["deduplicated"], false, "{first}");
+    let second = tally(&redis, &["enqueue", "refresh-views"]);
+    assert!(second.status.success(), "{}", stderr(&second));
+    let text = stdout(&second);
+    assert!(text.contains("coalesced into a waiting job"), "{text}");
+    let first_id = first["jobId"].as_str().expect("jobId");
+    assert!(text.contains(first_id), "{text} names {first_id}");
+    // The retried CalculatePoints and one refresh.
+    assert_eq!(admin.stats(queue).await.expect("stats").ready, 2);
+    let out = tally(&redis, &["enqueue", "refresh-views", "--scope", "everything"]);
+    assert_ne!(out.status.code(), Some(0), "a bad scope is refused");
+    assert_eq!(admin.stats(queue).await.expect("stats").ready, 2, "nothing enqueued");
+}
