@@ -4,11 +4,12 @@
 #
 #   scripts/repeat-test.sh NAME [N] [CARGO_TEST_ARGS...]
 #   scripts/repeat-test.sh s01_sigkill_chaos 20 -p tally-queue --test chaos
+#   scripts/repeat-test.sh "" 10 -p tally-queue       (every test of the crate)
 #
 # With LOAD=1 a busy loop per core runs beside the test, as `make test` does
 # when every test binary runs at once.
 set -euo pipefail
-name=${1:?usage: scripts/repeat-test.sh NAME [N] [cargo test args...]}
+name=${1?usage: scripts/repeat-test.sh NAME [N] [cargo test args...]}
 n=${2:-20}
 shift $(( $# >= 2 ? 2 : 1 ))
 cd "$(dirname "$0")/.."
