@@ -26,9 +26,10 @@ test: deps ## Run all tests against throwaway Redis and PostgreSQL servers
 	scripts/test-servers.sh
 
 .PHONY: lint
-lint: ## cargo fmt --check and clippy with warnings as errors
+lint: ## cargo fmt --check, clippy with warnings as errors, no unused dependencies (cargo-machete)
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	scripts/unused-deps.sh
 
 .PHONY: fmt
 fmt: ## Format the code

@@ -129,13 +129,6 @@ impl WorkerBuilder {
         self
     }
 
-    /// Event hooks, shared.
-    #[must_use]
-    pub fn events_arc(mut self, events: Arc<dyn JobEvents>) -> Self {
-        self.events = events;
-        self
-    }
-
     /// Overrides every job's policy timeout (otherwise
     /// [`crate::QueueConfig::job_timeout`], then the policy's `timeoutMs`).
     #[must_use]
