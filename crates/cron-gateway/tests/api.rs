@@ -250,12 +250,12 @@ async fn metrics_count_requests_by_route_and_status() {
     assert_eq!(requests_total(text, route, "401"), Some(2.0), "{text}");
     assert_eq!(requests_total(text, route, "503"), None, "{text}");
     // The histogram counts the same requests.
-    let durations: f64 = text
+    let durations: u64 = text
         .lines()
         .filter(|l| l.starts_with("tally_http_request_duration_seconds_count{") && l.contains(route))
-        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<u64>().ok()))
         .sum();
-    assert_eq!(durations, 3.0, "{text}");
+    assert_eq!(durations, 3, "{text}");
     gw.stop().await;
 }
 
