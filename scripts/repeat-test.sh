@@ -13,6 +13,7 @@ name=${1?usage: scripts/repeat-test.sh NAME [N] [cargo test args...]}
 n=${2:-20}
 shift $(( $# >= 2 ? 2 : 1 ))
 cd "$(dirname "$0")/.."
+scripts/ensure-deps.sh >/dev/null  # redis-server, postgres, faketime, as make test has them
 cargo test -q --no-run "$@" >/dev/null
 load_pids=()
 if [[ ${LOAD:-0} == 1 ]]; then

@@ -244,14 +244,9 @@ impl Stack {
     pub async fn cron(&mut self, gateway: &str) -> anyhow::Result<serde_json::Value> {
         let addr = self.service(gateway).addr;
         let auth = format!("Bearer {SECRET}");
-        let response = tally_service::http_client::request(
-            addr,
-            "POST",
-            "/api/cron/update-stats",
-            &[("Authorization", &auth)],
-            b"",
-        )
-        .await?;
+        let response =
+            tally_testkit::http::request(addr, "POST", "/api/cron/update-stats", &[("Authorization", &auth)], b"")
+                .await?;
         anyhow::ensure!(
             response.status == 200,
             "cron call answered {}: {}",
@@ -265,7 +260,7 @@ impl Stack {
     /// labels include `labels` (0 when there is none).
     pub async fn metric(&mut self, instance: &str, name: &str, labels: &[(&str, &str)]) -> anyhow::Result<f64> {
         let addr = self.service(instance).addr;
-        let text = tally_service::http_client::get(addr, "/metrics").await?.body;
+        let text = tally_testkit::http::get(addr, "/metrics").await?.body;
         Ok(metric_sum(&text, name, labels))
     }
 

@@ -12,7 +12,7 @@ use std::{collections::BTreeSet, time::Duration};
 
 use tally_e2e::{Stack, StackOptions, metric_sum};
 use tally_jobs::{Job as _, ScoreMatch};
-use tally_service::http_client::get;
+use tally_testkit::http::get;
 
 /// Every `tally_…` metric name in a rules or dashboard file (recording-rule
 /// names, `tally:…`, are Prometheus's own and not looked for).

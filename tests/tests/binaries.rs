@@ -6,7 +6,7 @@ use std::process::Command;
 
 use tally_cli::services::bin_dir;
 use tally_e2e::{SECRET, Stack, StackOptions};
-use tally_service::http_client::request;
+use tally_testkit::http::request;
 
 fn run(binary: &str, env: &[(&str, &str)], args: &[&str]) -> std::process::Output {
     let path = bin_dir().join(binary);

@@ -19,7 +19,7 @@ use tally_cli::services::{Service, bin_dir};
 use tally_e2e::{SECRET, receivers::Recorder};
 use tally_jobs::{RefreshViews, TraceContext};
 use tally_queue::{JobContext, JobError, QueueClient, QueueConfig, Worker};
-use tally_service::http_client::request;
+use tally_testkit::http::request;
 use tokio::sync::{mpsc, oneshot};
 
 /// One exported span of the gateway, flattened.

@@ -101,7 +101,7 @@ async fn a_redis_restart_mid_run_loses_nothing() {
         let addr = stack.service(name).addr;
         let mut last = None;
         for _ in 0..50 {
-            let ready = tally_service::http_client::get(addr, "/readyz").await.expect("readyz");
+            let ready = tally_testkit::http::get(addr, "/readyz").await.expect("readyz");
             if ready.status == 200 {
                 last = None;
                 break;

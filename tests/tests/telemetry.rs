@@ -12,7 +12,7 @@ use std::{
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message as _;
 use tally_e2e::{SECRET, Stack, StackOptions, receivers::Recorder, score_for};
-use tally_service::http_client::{get, request};
+use tally_testkit::http::{get, request};
 
 /// One exported span, flattened.
 #[derive(Debug, Clone)]

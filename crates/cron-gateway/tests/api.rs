@@ -5,7 +5,7 @@ use std::{net::SocketAddr, time::Duration};
 
 use cron_gateway::{Application, Settings, auth::CronSecret};
 use tally_queue::{QueueAdmin, QueueClient, QueueConfig};
-use tally_service::http_client::{HttpResponse, get, request};
+use tally_testkit::http::{HttpResponse, get, request};
 use tokio::sync::oneshot;
 
 const SECRET: &str = "test-secret-0123456789";

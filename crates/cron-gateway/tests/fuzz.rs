@@ -22,7 +22,7 @@ use std::{
 use cron_gateway::{Application, Settings, auth::CronSecret};
 use rand::{Rng, SeedableRng as _, rngs::StdRng, seq::IndexedRandom as _};
 use tally_queue::{QueueAdmin, QueueClient, QueueConfig};
-use tally_service::http_client::get;
+use tally_testkit::http::get;
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     sync::oneshot,

@@ -8,10 +8,10 @@ use cron_gateway::settings::RepairConfig;
 use cron_gateway::{Application, Settings, auth::CronSecret};
 use tally_jobs::{CalculatePoints, Job as _, ScoreMatch};
 use tally_queue::{QueueAdmin, QueueClient, QueueConfig};
-use tally_service::http_client::{HttpResponse, request};
 use tally_service::repair::RepairSettings;
 use tally_store::Store;
 use tally_store::seed::SeedOptions;
+use tally_testkit::http::{HttpResponse, request};
 use tokio::sync::oneshot;
 
 const SECRET: &str = "test-secret-0123456789";
@@ -180,9 +180,7 @@ async fn without_its_database_the_cron_call_answers_503_and_says_why() {
     assert!(error.starts_with("repair did not complete"), "{error}");
     assert!(body["timestamp"].is_string(), "{body}");
     // Readiness needs Redis only: the gateway stays in service.
-    let ready = tally_service::http_client::get(gateway.addr, "/readyz")
-        .await
-        .expect("readyz");
+    let ready = tally_testkit::http::get(gateway.addr, "/readyz").await.expect("readyz");
     assert_eq!(ready.status, 200, "{}", ready.body);
     gateway.stop().await;
 }

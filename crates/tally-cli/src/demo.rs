@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use rand::{Rng as _, SeedableRng as _};
 use tally_queue::QueueAdmin;
-use tally_service::http_client;
+use tally_testkit::http;
 
 use crate::cli::{Cli, DemoArgs, SeedArgs};
 use crate::commands::{
@@ -204,7 +204,7 @@ async fn play(
         .find(|s| s.name == "cron-gateway")
         .context("gateway not started")?;
     let auth = format!("Bearer {secret}");
-    let response = http_client::request(
+    let response = http::request(
         gateway.addr,
         "POST",
         "/api/cron/update-stats?scope=all",
@@ -214,7 +214,7 @@ async fn play(
     .await?;
     eprintln!("  POST /api/cron/update-stats → {} {}", response.status, response.body);
     anyhow::ensure!(response.status == 200, "the gateway refused the cron call");
-    let wrong = http_client::request(
+    let wrong = http::request(
         gateway.addr,
         "POST",
         "/api/cron/update-stats",

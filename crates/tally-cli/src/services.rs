@@ -11,7 +11,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use tally_service::http_client;
+use tally_testkit::http;
 
 /// Where the service binaries are: `TALLY_BIN_DIR`, else beside the running
 /// executable (`target/<profile>/`, also from `target/<profile>/deps/` where
@@ -119,7 +119,7 @@ impl Service {
                     self.log_tail(20)
                 );
             }
-            if let Ok(r) = http_client::get(self.addr, "/readyz").await
+            if let Ok(r) = http::get(self.addr, "/readyz").await
                 && r.status == 200
             {
                 return Ok(());

@@ -10,7 +10,6 @@
 
 pub mod args;
 pub mod health;
-pub mod http_client;
 pub mod observe;
 pub mod outbox;
 pub mod repair;

@@ -54,6 +54,7 @@
 //! handles.
 
 mod binaries;
+pub mod http;
 mod postgres_server;
 mod process;
 mod proxy;
