@@ -138,10 +138,7 @@ impl Service {
             .take()
             .with_context(|| format!("{} is not running", self.name))?;
         if let Some(pid) = child.id() {
-            // `kill` avoids unsafe libc calls; it is in every base system.
-            let _ = std::process::Command::new("kill")
-                .args(["-TERM", &pid.to_string()])
-                .status();
+            tally_testkit::send_signal(pid, tally_testkit::Signal::SIGTERM);
         }
         if let Ok(status) = tokio::time::timeout(timeout, child.wait()).await {
             Ok(status?)

@@ -352,11 +352,7 @@ async fn s10_sigterm_under_load_exits_zero_in_time_and_loses_nothing() {
     .await;
     // Some of its running jobs take 3 s: longer than the drain deadline.
     let signalled = Instant::now();
-    let status = Command::new("kill")
-        .args(["-TERM", &victim.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
+    tally_testkit::send_signal(victim.id(), tally_testkit::Signal::SIGTERM);
     let exit = loop {
         if let Some(exit) = victim.try_wait().expect("wait") {
             break exit;

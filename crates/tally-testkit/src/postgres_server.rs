@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, anyhow, bail};
 
 use crate::binaries::PostgresBinaries;
-use crate::process::{self, RunAs};
+use crate::process::{self, RunAs, Signal};
 use crate::scratch::ScratchDir;
 
 /// How long a starting server may take to accept a connection (usually
@@ -97,7 +97,7 @@ impl PostgresServer {
     /// when already stopped.
     pub async fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            process::stop(&mut child, "INT", STOP_GRACE).await;
+            process::stop(&mut child, Signal::SIGINT, STOP_GRACE).await;
             self.dir.clear_server_pid();
         }
     }
@@ -227,7 +227,7 @@ impl PostgresServer {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                process::stop(&mut child, "INT", STOP_GRACE).await;
+                process::stop(&mut child, Signal::SIGINT, STOP_GRACE).await;
                 self.dir.clear_server_pid();
                 bail!(
                     "tally-testkit: postgres on port {} did not accept connections within {:?}\n{}",
@@ -244,7 +244,7 @@ impl PostgresServer {
 impl Drop for PostgresServer {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            process::stop_blocking(&mut child, "INT", STOP_GRACE);
+            process::stop_blocking(&mut child, Signal::SIGINT, STOP_GRACE);
         }
         // `dir` drops next: directory removed, watchdog released.
     }

@@ -1,8 +1,7 @@
 //! Process plumbing shared by the Redis and Postgres servers: free ports,
 //! signals, graceful stops, log files and the user a server runs as.
 //!
-//! Signals go through `sh`'s `kill` builtin because `unsafe` (and so
-//! `libc::kill`) is forbidden in the workspace, and `Child::kill` only knows
+//! Signals go through `nix` (safe `kill(2)`): `Child::kill` only knows
 //! `SIGKILL`, which would skip Postgres's shutdown and Redis's final AOF
 //! write.
 
@@ -11,10 +10,11 @@ use std::io::{Read as _, Seek as _, SeekFrom};
 use std::net::{Ipv4Addr, TcpListener};
 use std::os::unix::fs::MetadataExt as _;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
+pub use nix::sys::signal::Signal;
 
 /// How much of a server log goes into an error message.
 const LOG_TAIL_BYTES: u64 = 4096;
@@ -28,16 +28,11 @@ pub(crate) fn free_port() -> Result<u16> {
     Ok(listener.local_addr()?.port())
 }
 
-/// Sends `signal` (a name such as `TERM`) to `pid`; a process already gone
-/// is not an error.
-pub(crate) fn send_signal(pid: u32, signal: &str) {
-    let _ = Command::new("/bin/sh")
-        .args(["-c", r#"kill -s "$0" "$1" 2>/dev/null"#, signal])
-        .arg(pid.to_string())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
+/// Sends `signal` to `pid`; a process already gone is not an error.
+pub fn send_signal(pid: u32, signal: Signal) {
+    if let Ok(pid) = i32::try_from(pid) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
+    }
 }
 
 /// Whether the child has exited (and is now reaped).
@@ -47,7 +42,7 @@ pub(crate) fn has_exited(child: &mut Child) -> bool {
 
 /// Stops `child` gracefully with `signal`, waiting up to `grace` before
 /// `SIGKILL`; for async callers.
-pub(crate) async fn stop(child: &mut Child, signal: &str, grace: Duration) {
+pub(crate) async fn stop(child: &mut Child, signal: Signal, grace: Duration) {
     send_signal(child.id(), signal);
     let deadline = Instant::now() + grace;
     while Instant::now() < deadline {
@@ -61,7 +56,7 @@ pub(crate) async fn stop(child: &mut Child, signal: &str, grace: Duration) {
 }
 
 /// Same as [`stop`], for `Drop`.
-pub(crate) fn stop_blocking(child: &mut Child, signal: &str, grace: Duration) {
+pub(crate) fn stop_blocking(child: &mut Child, signal: Signal, grace: Duration) {
     send_signal(child.id(), signal);
     let deadline = Instant::now() + grace;
     while Instant::now() < deadline {

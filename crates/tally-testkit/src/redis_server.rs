@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, anyhow, bail};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-use crate::process;
+use crate::process::{self, Signal};
 use crate::scratch::ScratchDir;
 
 /// How long a starting server may take to answer `PING` (usually 25 ms; AOF
@@ -101,7 +101,7 @@ impl RedisServer {
     /// `SIGKILL` after 10 s. Does nothing when already stopped.
     pub async fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            process::stop(&mut child, "TERM", STOP_GRACE).await;
+            process::stop(&mut child, Signal::SIGTERM, STOP_GRACE).await;
             self.dir.clear_server_pid();
         }
     }
@@ -110,7 +110,7 @@ impl RedisServer {
     /// flushed (with AOF `everysec`, up to a second of writes is lost).
     pub async fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
-            process::stop(&mut child, "KILL", STOP_GRACE).await;
+            process::stop(&mut child, Signal::SIGKILL, STOP_GRACE).await;
             self.dir.clear_server_pid();
         }
     }
@@ -198,7 +198,7 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            process::stop_blocking(&mut child, "TERM", STOP_GRACE);
+            process::stop_blocking(&mut child, Signal::SIGTERM, STOP_GRACE);
         }
         // `dir` drops next: directory removed, watchdog released.
     }
