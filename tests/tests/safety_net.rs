@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tally_e2e::{Stack, StackOptions, score_for};
 use tally_jobs::{Job as _, RefreshScope, RefreshViews, ScoreMatch};
-use tally_service::outbox::outbox_envelope;
+use tally_worker::outbox::outbox_envelope;
 
 const SETTLE: Duration = Duration::from_secs(90);
 /// Concurrent writers of outbox rows in the race, and rows each writes.

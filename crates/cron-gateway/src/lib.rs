@@ -4,7 +4,7 @@
 //! `GET` or `POST /api/cron/update-stats[?scope=all|leaderboard|standings]`
 //! with `Authorization: Bearer <CRON_SECRET>` enqueues a deduplicated
 //! `RefreshViews` job and answers with its id. With a `DATABASE_URL` it
-//! first runs the repairing safety net (`tally_service::repair`): it finds
+//! first runs the repairing safety net (`crate::repair`): it finds
 //! the matches whose result never reached the totals, enqueues the missing
 //! jobs (bounded per call) and reports the counts in the answer. Readiness
 //! needs Redis only, so the gateway stays up when the database is away (a
@@ -13,6 +13,7 @@
 //! [`Application::run_until`] serves until the shutdown future resolves.
 
 pub mod auth;
+pub mod repair;
 pub mod routes;
 pub mod settings;
 pub mod startup;

@@ -2,7 +2,7 @@
 //!
 //! Every answer is JSON. Success: `{"success":true,"scope":…,"jobId":…,
 //! "deduplicated":…,"timestamp":…}`, plus `"repair":{…}` (what the
-//! repairing safety net found and enqueued, `tally_service::repair::
+//! repairing safety net found and enqueued, `crate::repair::
 //! RepairReport`) when the gateway has a database; failure:
 //! `{"success":false,"error":…,"timestamp":…}` with 400 (bad scope), 401
 //! (missing or wrong secret), 404, 405, 413 (body too large) or 503 (Redis
@@ -133,17 +133,15 @@ pub async fn update_stats(
     // the refresh below covers whatever else changed.
     let repair = match &state.repair {
         None => None,
-        Some((store, settings)) => Some(
-            tally_service::repair::repair(store, &state.producer, settings)
-                .await
-                .map_err(|e| {
-                    if e.is_unavailable() {
-                        ApiError::RepairUnavailable(e.to_string())
-                    } else {
-                        ApiError::Internal
-                    }
-                })?,
-        ),
+        Some((store, settings)) => Some(crate::repair::repair(store, &state.producer, settings).await.map_err(
+            |e| {
+                if e.is_unavailable() {
+                    ApiError::RepairUnavailable(e.to_string())
+                } else {
+                    ApiError::Internal
+                }
+            },
+        )?),
     };
 
     let options = EnqueueOptions {

@@ -2,7 +2,7 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use tally_service::repair::RepairSettings;
+use crate::repair::RepairSettings;
 use tally_service::{Env, REDIS_SCHEMES, SettingsError, redact_url};
 
 use crate::auth::CronSecret;
@@ -24,7 +24,7 @@ pub struct Settings {
     pub shutdown_timeout: Duration,
     /// `DATABASE_URL` (optional) with `REPAIR_GRACE_SECS` and `REPAIR_BATCH`:
     /// with a database, every cron call also runs the repairing safety net
-    /// (`tally_service::repair`); without one, it only enqueues the refresh.
+    /// (`crate::repair`); without one, it only enqueues the refresh.
     pub repair: Option<RepairConfig>,
 }
 

@@ -4,6 +4,7 @@
 
 use std::{future::Future, net::SocketAddr, time::Instant};
 
+use crate::repair::RepairSettings;
 use actix_web::{
     App, HttpServer,
     body::MessageBody,
@@ -14,7 +15,6 @@ use actix_web::{
 };
 use tally_queue::{Producer, QueueClient, QueueConfig};
 use tally_service::ReadinessCheck;
-use tally_service::repair::RepairSettings;
 use tally_store::Store;
 use tracing::Instrument as _;
 

@@ -4,11 +4,11 @@
 
 use std::time::Duration;
 
+use cron_gateway::repair::RepairSettings;
 use cron_gateway::settings::RepairConfig;
 use cron_gateway::{Application, Settings, auth::CronSecret};
 use tally_jobs::{CalculatePoints, Job as _, ScoreMatch};
 use tally_queue::{QueueAdmin, QueueClient, QueueConfig};
-use tally_service::repair::RepairSettings;
 use tally_store::Store;
 use tally_store::seed::SeedOptions;
 use tally_testkit::http::{HttpResponse, request};

@@ -7,14 +7,12 @@
 //! harmless: the job is recovered, scoring again changes nothing, and the
 //! enqueue happens then. A job relayed from the outbox (`outbox-<n>`)
 //! deletes its outbox row before it is acknowledged
-//! (`tally_service::outbox::settling`).
+//! (`tally_worker::outbox::settling`).
 
 use tally_jobs::{CalculatePoints, Job, Priority, ScoreMatch};
 use tally_queue::{EnqueueOptions, JobContext, JobError, WorkerBuilder};
-use tally_service::{
-    WorkerDeps, observe, outbox,
-    worker::{store_job_error, with_database},
-};
+use tally_service::observe;
+use tally_worker::{WorkerDeps, outbox, store_job_error, with_database};
 
 /// The queue this worker consumes.
 pub const QUEUE: &str = ScoreMatch::QUEUE;

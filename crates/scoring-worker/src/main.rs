@@ -3,7 +3,7 @@
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    tally_service::worker::main(
+    tally_worker::main(
         "scoring-worker",
         "scores every prediction of a finished match (queue `scoring`), then enqueues CalculatePoints.",
         scoring_worker::QUEUE,

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use tally_jobs::{Job, JobPolicy, ScoreMatch};
 use tally_queue::{JobContext, JobError, Producer, QueueClient, QueueConfig};
-use tally_service::WorkerDeps;
 use tally_store::Store;
+use tally_worker::WorkerDeps;
 
 // The cancellation token is tokio-util's, which this crate does not depend on.
 #[allow(clippy::default_trait_access)]

@@ -9,15 +9,13 @@
 //! `RefreshViews` refreshes leaderboards and/or standings without blocking
 //! readers (see `tally-store`). Jobs relayed from the outbox (`outbox-<n>`)
 //! delete their outbox row before they are acknowledged
-//! (`tally_service::outbox::settling`).
+//! (`tally_worker::outbox::settling`).
 
 use tally_jobs::{CalculatePoints, Job, RefreshScope, RefreshViews};
 use tally_queue::{EnqueueOptions, JobContext, JobError, WorkerBuilder};
-use tally_service::{
-    WorkerDeps, observe, outbox,
-    worker::{store_job_error, with_database},
-};
+use tally_service::observe;
 use tally_store::model::Scope;
+use tally_worker::{WorkerDeps, outbox, store_job_error, with_database};
 
 /// The queue this worker consumes.
 pub const QUEUE: &str = CalculatePoints::QUEUE;

@@ -3,7 +3,7 @@
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    tally_service::worker::main(
+    tally_worker::main(
         "stats-worker",
         "recalculates points (CalculatePoints) and refreshes leaderboards and standings (RefreshViews), queue `stats`.",
         stats_worker::QUEUE,

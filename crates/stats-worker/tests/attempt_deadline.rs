@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use tally_jobs::{CalculatePoints, Job, JobPolicy, Priority, RefreshScope, RefreshViews};
 use tally_queue::{JobContext, JobError, Producer, QueueClient, QueueConfig};
-use tally_service::WorkerDeps;
 use tally_store::Store;
 use tally_testkit::TestDatabase;
+use tally_worker::WorkerDeps;
 
 const TIMEOUT: Duration = Duration::from_millis(1_500);
 

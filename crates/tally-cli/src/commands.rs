@@ -7,8 +7,8 @@ use anyhow::Context as _;
 use serde_json::json;
 use tally_jobs::{Job as _, RefreshScope, RefreshViews, ScoreMatch};
 use tally_queue::{DeadSelector, EnqueueOptions, Producer, QueueAdmin, QueueClient, QueueConfig};
-use tally_service::outbox::outbox_envelope;
 use tally_store::{MatchStatus, Store, seed::SeedOptions};
+use tally_worker::outbox::outbox_envelope;
 
 use crate::cli::{Cli, Command, DeadCommand, EnqueueCommand, MAX_AGE_HOURS, MatchCommand, QueueCommand, SeedArgs};
 use crate::output::{Progress, table};

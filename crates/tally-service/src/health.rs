@@ -49,14 +49,6 @@ impl ReadinessCheck {
             Box::pin(async move { client.ping().await.map_err(|e| e.to_string()) })
         })
     }
-
-    /// PostgreSQL answers (see [`tally_store::Store::ping`]).
-    pub fn postgres(store: tally_store::Store) -> Self {
-        ReadinessCheck::new("postgres", move || {
-            let store = store.clone();
-            Box::pin(async move { store.ping().await.map_err(|e| e.to_string()) })
-        })
-    }
 }
 
 /// How long one readiness check may take before it counts as failed.

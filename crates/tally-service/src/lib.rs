@@ -1,27 +1,24 @@
 //! Plumbing every tally binary shares, so each `main.rs` stays about thirty
 //! lines: typed settings read from the environment and validated at start
-//! ([`settings`]), a shutdown future for SIGTERM/SIGINT ([`shutdown`]), and
-//! the `/healthz`, `/readyz` and `/metrics` endpoints ([`health`]), and the
-//! bootstrap both workers share ([`worker`]): connect Redis and Postgres,
-//! serve probes, run the queue worker and the outbox relay ([`outbox`])
-//! until shutdown, with job metrics, Sentry reports and trace continuation
-//! ([`observe`]); and the repairing safety net the cron call runs
-//! ([`repair`]). Every service's `main` goes through [`startup::run`].
+//! ([`settings`]), a shutdown future for SIGTERM/SIGINT ([`shutdown`]), the
+//! `/healthz`, `/readyz` and `/metrics` endpoints ([`health`]), job metrics,
+//! Sentry reports and trace continuation ([`observe`]). Every service's
+//! `main` goes through [`startup::run`].
+//!
+//! No PostgreSQL here: the workers' bootstrap, which connects the store and
+//! runs the outbox relay, is `tally-worker`; the repair the cron call runs
+//! is the gateway's.
 
 pub mod args;
 pub mod health;
 pub mod observe;
-pub mod outbox;
-pub mod repair;
 pub mod settings;
 pub mod shutdown;
 pub mod startup;
-pub mod worker;
 
 pub use health::{HealthServer, ReadinessCheck};
 pub use settings::{Env, REDIS_SCHEMES, SettingsError, redact_url};
 pub use shutdown::shutdown_signal;
-pub use worker::{WorkerDeps, WorkerSettings, run_worker};
 
 /// An error and its causes on one line, each cause once. Many errors print
 /// their source inside their own message, so `{e:#}` repeats it ("Connection

@@ -4,7 +4,7 @@
 //! A producer writes a job envelope into `job_outbox` inside its own
 //! transaction ([`enqueue_in`]); the row commits or rolls back with the data,
 //! so a committed result always has its job. A relay (in the workers, see
-//! `tally_service::outbox`) takes the oldest rows with [`relay_batch`]:
+//! `tally_worker::outbox`) takes the oldest rows with [`relay_batch`]:
 //! `FOR UPDATE SKIP LOCKED`, so several relays share the work and never take
 //! the same row at once; it hands them to a push callback (this crate knows
 //! nothing of Redis), then deletes the rows pushed and marks the rows

@@ -15,7 +15,7 @@
 //!   [`clear_stale`] removes it.
 //!
 //! Enqueueing the jobs is the caller's (this crate knows nothing of Redis):
-//! `tally_service::repair`. Every job involved is idempotent, so a repair of
+//! `cron_gateway::repair`. Every job involved is idempotent, so a repair of
 //! work that was in fact only slow changes nothing.
 
 use serde::Serialize;

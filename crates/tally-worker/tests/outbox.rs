@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use tally_jobs::{Job as _, RefreshScope, RefreshViews, ScoreMatch};
 use tally_queue::{JobContext, JobError, Producer, QueueAdmin, QueueClient, QueueConfig, Worker};
-use tally_service::outbox::{Relay, RelaySettings, outbox_envelope, settling};
 use tally_store::Store;
 use tally_store::outbox::job_id;
+use tally_worker::outbox::{Relay, RelaySettings, outbox_envelope, settling};
 use tokio::sync::oneshot;
 
 struct World {
@@ -149,7 +149,7 @@ async fn a_job_settles_its_row_so_a_relay_that_died_after_its_push_makes_no_seco
     // What a relay did before it died: the job is in Redis under the row's
     // id, the row is still in the outbox.
     let producer = Producer::new(w.client.clone());
-    let envelope = tally_service::outbox::envelope_of(tally_store::outbox::OutboxRow {
+    let envelope = tally_worker::outbox::envelope_of(tally_store::outbox::OutboxRow {
         id: row,
         envelope: outbox_envelope(
             &RefreshViews {

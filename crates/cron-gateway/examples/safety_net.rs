@@ -23,12 +23,12 @@
 
 use std::time::{Duration, Instant};
 
+use cron_gateway::repair::{RepairReport, RepairSettings, repair};
 use tally_jobs::{Priority, ScoreMatch};
 use tally_queue::{Producer, QueueClient, QueueConfig};
-use tally_service::outbox::{Relay, RelaySettings, outbox_envelope};
-use tally_service::repair::{RepairReport, RepairSettings, repair};
 use tally_store::Store;
 use tally_store::seed::SeedOptions;
+use tally_worker::outbox::{Relay, RelaySettings, outbox_envelope};
 
 fn env_num(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)

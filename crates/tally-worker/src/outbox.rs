@@ -37,7 +37,7 @@ use tally_queue::{JobContext, JobError, Producer, QueueError};
 use tally_store::outbox::{self, Backlog, BatchOutcome, Listener, OutboxRow, Pushed};
 use tally_store::{Budget, Store, StoreError};
 
-use crate::{Env, SettingsError};
+use tally_service::{Env, SettingsError};
 
 /// How long one relay batch (take, push, delete) may hold its rows.
 const BATCH_BUDGET: Duration = Duration::from_secs(30);

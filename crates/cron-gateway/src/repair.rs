@@ -28,7 +28,7 @@ use tally_queue::{EnqueueOptions, Enqueued, Producer, QueueError};
 use tally_store::repair::Missing;
 use tally_store::{Budget, Store, StoreError};
 
-use crate::{Env, SettingsError, observe};
+use tally_service::{Env, SettingsError, observe};
 
 /// How long the database part of one repair may take.
 const REPAIR_BUDGET: Duration = Duration::from_secs(20);

@@ -7,6 +7,8 @@
 //!
 //! A worker binary only names its queue and registers its handlers.
 
+pub mod outbox;
+
 use std::{future::Future, net::SocketAddr, time::Duration};
 
 use futures::FutureExt as _;
@@ -14,7 +16,7 @@ use tally_queue::{Producer, QueueAdmin, QueueClient, QueueConfig, Worker, Worker
 use tally_store::Store;
 
 use crate::outbox::{Relay, RelaySettings};
-use crate::{Env, HealthServer, REDIS_SCHEMES, ReadinessCheck, SettingsError, observe, redact_url};
+use tally_service::{Env, HealthServer, REDIS_SCHEMES, ReadinessCheck, SettingsError, observe, redact_url};
 
 /// Settings of a worker process, from the environment.
 #[derive(Debug, Clone)]
@@ -125,7 +127,7 @@ pub async fn run_worker(
     match tokio::time::timeout(probe, store.ping()).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!(
-            error = %crate::error_line(&e),
+            error = %tally_service::error_line(&e),
             database = %redact_url(&settings.database_url),
             "PostgreSQL not reachable yet; jobs wait and /readyz answers 503 until it is"
         ),
@@ -137,7 +139,7 @@ pub async fn run_worker(
     match tokio::time::timeout(probe, client.ping()).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!(
-            error = %crate::error_line(&e),
+            error = %tally_service::error_line(&e),
             redis = %redact_url(&settings.redis_url),
             "Redis not reachable yet; no job is claimed until it is"
         ),
@@ -147,7 +149,7 @@ pub async fn run_worker(
         ),
     }
 
-    let checks = vec![ReadinessCheck::redis(client.clone()), ReadinessCheck::postgres(store)];
+    let checks = vec![ReadinessCheck::redis(client.clone()), postgres_ready(store)];
     let health = HealthServer::start(settings.health_addr, checks)
         .map_err(|e| anyhow::anyhow!("cannot serve probes on HEALTH_ADDR={}: {e}", settings.health_addr))?;
     tracing::info!(addr = %health.addr(), "probes and metrics listening");
@@ -194,7 +196,7 @@ Environment:
   OUTBOX_POLL_SECS       read the outbox this often without a notification (default 5)
   RUST_LOG, LOG_FORMAT=text|json, SENTRY_DSN, OTEL_EXPORTER_OTLP_ENDPOINT  telemetry (optional)";
 
-/// The whole `main` of a worker binary: [`crate::startup::run`] with the
+/// The whole `main` of a worker binary: [`tally_service::startup::run`] with the
 /// worker settings and [`run_worker`] until SIGTERM/SIGINT (exit 0 after
 /// the drain, 1 if the worker could not start).
 pub async fn main(
@@ -203,13 +205,13 @@ pub async fn main(
     queue: &'static str,
     register: impl FnOnce(WorkerBuilder, WorkerDeps) -> WorkerBuilder,
 ) -> std::process::ExitCode {
-    let binary = crate::startup::Binary {
+    let binary = tally_service::startup::Binary {
         name,
         about,
         help: WORKER_ENV_HELP,
     };
-    crate::startup::run(binary, WorkerSettings::from_env, WorkerSettings::summary, |settings| {
-        run_worker(settings, queue, register, crate::shutdown_signal())
+    tally_service::startup::run(binary, WorkerSettings::from_env, WorkerSettings::summary, |settings| {
+        run_worker(settings, queue, register, tally_service::shutdown_signal())
     })
     .await
 }
@@ -263,6 +265,15 @@ pub fn store_job_error(error: &tally_store::StoreError) -> tally_queue::JobError
         _ if error.is_transient() => JobError::retry(error),
         _ => JobError::give_up(error),
     }
+}
+
+/// The readiness check of the store: PostgreSQL answers
+/// ([`tally_store::Store::ping`]).
+fn postgres_ready(store: Store) -> ReadinessCheck {
+    ReadinessCheck::new("postgres", move || {
+        let store = store.clone();
+        Box::pin(async move { store.ping().await.map_err(|e| e.to_string()) })
+    })
 }
 
 #[cfg(test)]
