@@ -53,7 +53,7 @@ bench: deps ## Queue benchmark beside BullMQ, and the pipeline benchmark; figure
 
 .PHONY: soak
 soak: deps ## Soak benchmark: 1M jobs, two worker processes, one killed every 3 s; exactly-once, Redis memory, worker RSS
-	$(CARGO) run --quiet --release -p tally-queue --example soak
+	$(CARGO) run --quiet --release -p tally-bench --example soak
 
 .PHONY: check-deploy
 check-deploy: ## Lint the Dockerfile and compose file, validate the Kubernetes manifests offline, test the alert rules

@@ -7,7 +7,7 @@
 #
 #   BENCH_RUNS=3            runs of each queue benchmark (medians are reported)
 #   PIPELINE_USERS=100000   PIPELINE_PREDICTIONS=1000000   PIPELINE_MATCHES=30
-#   PEERS_DIR=../shared/peers   SKIP_PEERS=1   SKIP_PIPELINE=1
+#   PEERS_DIR=bench (the comparison harnesses)   SKIP_PEERS=1   SKIP_PIPELINE=1
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TALLY_SCRIPT=bench
@@ -22,7 +22,7 @@ mkdir -p "$out"
 state="$PWD/target/bench/state"
 trap 'stop_started_servers' EXIT
 runs=${BENCH_RUNS:-3}
-peers=${PEERS_DIR:-../shared/peers}
+peers=${PEERS_DIR:-bench}
 queue_runs="$out/queue-$(date +%Y%m%dT%H%M%S).jsonl"
 
 for i in $(seq "$runs"); do

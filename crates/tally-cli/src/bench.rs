@@ -1,9 +1,7 @@
-//! `tally bench queue` and `tally bench pipeline`: the benchmark programs.
-//! Both print a human summary on stderr and, with `--json`, one JSON object
-//! as the last line of stdout (the queue one in the shape of BullMQ's peer
-//! bench, so `summarize.mjs` compares them).
-
-use std::process::Stdio;
+//! `tally bench queue` and `tally bench pipeline`: the benchmark programs of
+//! `tally-bench`. Both print a human summary on stderr and, with `--json`,
+//! one JSON object as the last line of stdout (the queue one in the shape of
+//! BullMQ's benchmark harness, so `bench/summarize.mjs` compares them).
 
 use anyhow::Context as _;
 
@@ -19,49 +17,15 @@ pub async fn run(cli: &Cli, cmd: &BenchCommand) -> anyhow::Result<()> {
 }
 
 async fn queue(cli: &Cli, use_redis_url: bool) -> anyhow::Result<()> {
-    let mut settings = tally_queue::bench::BenchSettings::from_env()?;
-    let mut private = None;
-    if use_redis_url {
-        crate::commands::redis_url(cli)?.clone_into(&mut settings.redis_url);
+    let redis_url = if use_redis_url {
+        Some(crate::commands::redis_url(cli)?.to_owned())
     } else {
-        let port = crate::services::free_port()?;
-        let dir = std::env::temp_dir().join(format!("tally-bench-redis-{port}"));
-        std::fs::create_dir_all(&dir)?;
-        let child = tokio::process::Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .arg("--dir")
-            .arg(&dir)
-            .stdout(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .context("cannot start redis-server (install the Debian package redis-server)")?;
-        private = Some((child, dir));
-        settings.redis_url = format!("redis://127.0.0.1:{port}");
-        for _ in 0..100 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-    }
-    let result = tally_queue::bench::run(settings).await;
-    if let Some((mut child, dir)) = private {
-        let _ = child.kill().await;
-        let _ = std::fs::remove_dir_all(dir);
-    }
-    let result = result?;
-    eprintln!("{}", tally_queue::bench::summary(&result));
+        None
+    };
+    let report = tally_bench::queue(redis_url).await?;
+    eprintln!("{}", tally_bench::queue_summary(&report));
     if cli.json {
-        println!("{}", serde_json::to_string(&result)?);
+        println!("{}", serde_json::to_string(&report)?);
     }
     Ok(())
 }
@@ -71,23 +35,28 @@ async fn pipeline(cli: &Cli, args: &PipelineArgs) -> anyhow::Result<()> {
         .database_url
         .clone()
         .context("DATABASE_URL is not set: point it at an empty database")?;
-    let options = tally_store::bench::PipelineOptions {
+    let defaults = tally_store::seed::SeedOptions::default();
+    let options = tally_bench::PipelineOptions {
         database_url: url,
         seed: tally_store::seed::SeedOptions {
             users: args.users,
             predictions: args.predictions,
-            ..tally_store::seed::SeedOptions::default()
+            competitions: args.competitions.unwrap_or(defaults.competitions),
+            teams_per_competition: args.teams.unwrap_or(defaults.teams_per_competition),
+            played_fraction: args.played.unwrap_or(defaults.played_fraction),
+            seed: args.seed.unwrap_or(defaults.seed),
         },
         reuse: args.reuse,
         matches: args.matches,
-        ..tally_store::bench::PipelineOptions::default()
+        readers: args.readers,
+        read_pause: std::time::Duration::from_millis(args.read_pause_ms),
+        naive_runs: args.naive_runs,
+        ..tally_bench::PipelineOptions::default()
     };
     let progress = Progress::new();
-    let report =
-        tally_store::bench::pipeline(&options, &|p| progress.seed(p), &|line| eprintln!("[bench] {line}")).await?;
-    let json = serde_json::to_string(&report)?;
+    let report = tally_bench::pipeline(&options, &|p| progress.seed(p), &|line| eprintln!("[bench] {line}")).await?;
     if cli.json {
-        println!("{json}");
+        println!("{}", serde_json::to_string(&report)?);
     } else {
         println!("{}", serde_json::to_string_pretty(&report)?);
     }

@@ -339,4 +339,25 @@ pub struct PipelineArgs {
     /// Reuse data already in the database.
     #[arg(long)]
     pub reuse: bool,
+    /// Competitions to seed (default: the seed's).
+    #[arg(long)]
+    pub competitions: Option<u32>,
+    /// Teams per competition (default: the seed's).
+    #[arg(long)]
+    pub teams: Option<u32>,
+    /// Fraction of the season already played, 0 to 1 (default: the seed's).
+    #[arg(long)]
+    pub played: Option<f64>,
+    /// Seed of the generated data.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Reader connections reading the leaderboard during the run.
+    #[arg(long, default_value_t = 4)]
+    pub readers: usize,
+    /// Pause between a reader's reads, in milliseconds.
+    #[arg(long, default_value_t = 2)]
+    pub read_pause_ms: u64,
+    /// Runs of the naive full-recompute refresh it is compared with.
+    #[arg(long, default_value_t = 3)]
+    pub naive_runs: usize,
 }

@@ -13,16 +13,6 @@ pub fn now_ms() -> u64 {
         .as_millis() as u64
 }
 
-/// Milliseconds since the Unix epoch, with sub-millisecond precision (for
-/// latency measurements).
-pub fn now_ms_f64() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO)
-        .as_secs_f64()
-        * 1000.0
-}
-
 /// A duration in whole milliseconds, at least 1, at most `u64::MAX` (a
 /// huge duration saturates instead of wrapping around to a short one).
 pub(crate) fn millis(d: Duration) -> u64 {

@@ -12,13 +12,10 @@
 //!   graceful drain ([`Worker::run_until`]); each worker process also runs the
 //!   promoter and takes turns at the reaper (`scheduler`).
 //! - [`QueueAdmin`] reads statistics and repairs the dead set.
-//! - [`bench`](mod@bench) measures the engine with the same phases as the BullMQ peer
-//!   benchmark.
 //!
 //! The engine knows nothing of football: job types come from `tally-jobs`.
 
 mod admin;
-pub mod bench;
 mod client;
 mod clock;
 mod config;
@@ -33,7 +30,7 @@ mod worker;
 
 pub use admin::{DeadJob, DeadSelector, QueueAdmin, QueueCounters, QueueStats, ReadyByPriority};
 pub use client::QueueClient;
-pub use clock::{now_ms, now_ms_f64};
+pub use clock::now_ms;
 pub use config::QueueConfig;
 pub use error::QueueError;
 pub use events::{JobEvent, JobEvents, NoEvents};

@@ -3,7 +3,7 @@
 //! Schema and migrations, recording results, scoring predictions
 //! (`ScoreMatch`), per-user totals (`CalculatePoints`), the published
 //! leaderboards and league tables (`RefreshViews`) and their reads, plus the
-//! deterministic seed generator and the pipeline benchmark used by the CLI.
+//! deterministic seed generator the demo and the benchmarks use.
 //!
 //! Map:
 //!
@@ -18,13 +18,11 @@
 //!   statement and lock timeouts ([`tx::Budget`]).
 //! - [`model`]: the plain types they exchange.
 //! - [`seed`]: demo and benchmark data, loaded with COPY.
-//! - [`mod@bench`]: result-to-leaderboard pipeline benchmark.
 //!
 //! Data flows result → scored predictions → `user_totals` → published
 //! leaderboard, each step its own idempotent transaction; the schema comments
 //! in `migrations/0002_leaderboards_and_standings.sql` explain why.
 
-pub mod bench;
 pub mod error;
 mod locks;
 pub mod migrate;

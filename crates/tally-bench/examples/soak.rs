@@ -6,8 +6,8 @@
 //! killed, sampled over the run.
 //!
 //! ```sh
-//! cargo run --release -p tally-queue --example soak            # or: make soak
-//! SOAK_JOBS=200000 cargo run --release -p tally-queue --example soak
+//! cargo run --release -p tally-bench --example soak            # or: make soak
+//! SOAK_JOBS=200000 cargo run --release -p tally-bench --example soak
 //! ```
 //! Prints a human summary on stderr and one JSON line last on stdout.
 

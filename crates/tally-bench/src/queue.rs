@@ -1,6 +1,6 @@
-//! The queue benchmark: the phases of the BullMQ peer benchmark
-//! (`shared/peers/bullmq/bench.mjs`) run against tally's engine, printing the
-//! same JSON shape with `"queue":"tally"`, so `summarize.mjs` lines the two up.
+//! The queue benchmark: the phases of BullMQ's benchmark (`bench/bullmq/bench.mjs`
+//! in this repository) run against tally's engine, printing the same JSON
+//! shape with `"queue":"tally"`, so `bench/summarize.mjs` lines them up.
 //!
 //! Phases, each on a fresh queue (its own key prefix), producer and worker in
 //! one process as in the peer:
@@ -24,10 +24,20 @@ use serde_json::{Value, json};
 use tally_jobs::{Backoff, BackoffKind, Job, JobPolicy, Priority};
 use tokio::sync::{Notify, oneshot};
 
-use crate::{
+use tally_queue::{
     EnqueueOptions, JobContext, JobError, JobEvent, JobEvents, Producer, QueueAdmin, QueueClient, QueueConfig,
-    QueueError, Worker, now_ms_f64,
+    QueueError, Worker,
 };
+
+/// Milliseconds since the Unix epoch, with sub-millisecond precision (for
+/// latency measurements).
+fn now_ms_f64() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_secs_f64()
+        * 1000.0
+}
 
 /// Settings, named and defaulted as in `bench.mjs`.
 #[derive(Debug, Clone)]

@@ -20,11 +20,9 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio::sync::Mutex;
 
-use crate::error::StoreError;
-use crate::migrate::migrate_url;
-use crate::model::Scope;
-use crate::seed::{self, SeedOptions, SeedProgress, SeedRng, SeedSummary};
-use crate::store::Store;
+use tally_store::model::Scope;
+use tally_store::seed::{self, SeedOptions, SeedProgress, SeedRng, SeedSummary};
+use tally_store::{Store, StoreError, migrate_url};
 
 const NAIVE_VIEWS_SQL: &str = include_str!("../sql/naive_views.sql");
 const NAIVE_LEADERBOARD_PAGE_SQL: &str = "SELECT n.user_id, u.username, n.points, n.rank

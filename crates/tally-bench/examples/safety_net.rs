@@ -3,7 +3,7 @@
 //! docs/BENCHMARKS.md ("Outbox relay and repair") has the results.
 //!
 //! ```sh
-//! cargo run --release -p tally-service --example safety_net
+//! cargo run --release -p tally-bench --example safety_net
 //! # sizes: ROWS=1000 GAP_MS=20 BURST=5000 USERS=100000 PREDICTIONS=1000000 COMPETITIONS=4 TEAMS=20 BATCH=200
 //! ```
 //!

@@ -1,0 +1,51 @@
+//! tally-bench: the benchmark programs, out of the production crates.
+//! `tally bench queue` and `tally bench pipeline` call the two entry points
+//! here, and `make bench` (`scripts/bench.sh`) runs those commands beside
+//! the comparison harnesses in `bench/`.
+//!
+//! - [`queue()`]: the engine through the phases of BullMQ's benchmark
+//!   ([`mod@queue`]), on a private `redis-server` unless given a Redis; one
+//!   JSON object in the shape BullMQ's harness prints.
+//! - [`pipeline()`]: a result-to-leaderboard pipeline at scale
+//!   ([`mod@pipeline`]) on the database it is given.
+//!
+//! Speed is measured here, never asserted in tests.
+
+pub mod pipeline;
+pub mod queue;
+
+pub use pipeline::{PipelineOptions, PipelineReport};
+
+/// Runs the queue benchmark with the settings of the environment
+/// ([`queue::BenchSettings::from_env`]) against `redis_url`, or, without
+/// one, against a private `redis-server` with no persistence that is gone
+/// when the benchmark ends. Returns the JSON report.
+pub async fn queue(redis_url: Option<String>) -> anyhow::Result<serde_json::Value> {
+    let mut settings = queue::BenchSettings::from_env()?;
+    let private = if let Some(url) = redis_url {
+        settings.redis_url = url;
+        None
+    } else {
+        let server = tally_testkit::RedisServer::start(tally_testkit::RedisOptions::default()).await?;
+        settings.redis_url = server.url();
+        Some(server)
+    };
+    let report = queue::run(settings).await;
+    drop(private);
+    Ok(report?)
+}
+
+/// A one-paragraph summary of a [`queue()`] report, for humans.
+pub fn queue_summary(report: &serde_json::Value) -> String {
+    queue::summary(report)
+}
+
+/// Runs the pipeline benchmark; `progress` sees the seeding, `log` gets a
+/// line per step.
+pub async fn pipeline(
+    options: &PipelineOptions,
+    progress: &(dyn Fn(tally_store::seed::SeedProgress) + Send + Sync),
+    log: &(dyn Fn(&str) + Send + Sync),
+) -> anyhow::Result<PipelineReport> {
+    Ok(pipeline::pipeline(options, progress, log).await?)
+}
