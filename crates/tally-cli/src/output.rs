@@ -19,53 +19,40 @@ pub fn styled(sgr: &str, text: &str) -> String {
     }
 }
 
-/// Renders rows as an aligned table with a header line. Columns whose header
-/// starts with `>` are right-aligned (the `>` is not printed).
+/// The table style: the header underlined with dashes, columns two spaces
+/// apart (a space of padding and the empty column line), no borders (plain text that pastes anywhere and greps well).
+const TABLE_STYLE: comfy_table::TableStyle =
+    comfy_table::TableStyle::new().header_separator(comfy_table::LineStyle::none().fill('-').junction('-'));
+
+/// Renders rows as an aligned table (comfy-table) with a header line.
+/// Columns whose header starts with `>` are right-aligned (the `>` is not
+/// printed). No colour and no wrapping, so a pipe gets the same text as a
+/// terminal.
 pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
-    let widths: Vec<usize> = headers
-        .iter()
-        .enumerate()
-        .map(|(i, h)| {
-            let head = h.trim_start_matches('>').chars().count();
-            rows.iter()
-                .map(|r| r.get(i).map_or(0, |c| c.chars().count()))
-                .max()
-                .unwrap_or(0)
-                .max(head)
-        })
-        .collect();
-    let line = |cells: Vec<&str>| {
-        cells
-            .iter()
-            .enumerate()
-            .map(|(i, c)| {
-                if headers[i].starts_with('>') {
-                    format!("{c:>w$}", w = widths[i])
-                } else {
-                    format!("{c:<w$}", w = widths[i])
-                }
-            })
-            .collect::<Vec<_>>()
-            .join("  ")
-            .trim_end()
-            .to_owned()
-    };
-    let mut out = line(headers.iter().map(|h| h.trim_start_matches('>')).collect());
-    out.push('\n');
-    out.push_str(&"-".repeat(widths.iter().sum::<usize>() + 2 * widths.len().saturating_sub(1)));
-    out.push('\n');
+    let mut t = comfy_table::Table::new();
+    t.load_style(TABLE_STYLE);
+    t.set_header(headers.iter().map(|h| h.trim_start_matches('>')));
     for row in rows {
-        out.push_str(&line(row.iter().map(String::as_str).collect()));
-        out.push('\n');
+        t.add_row(row);
     }
-    out
+    let last = headers.len().saturating_sub(1);
+    for (i, header) in headers.iter().enumerate() {
+        if let Some(column) = t.column_mut(i) {
+            column.set_padding((0, u16::from(i != last)));
+            if header.starts_with('>') {
+                column.set_cell_alignment(comfy_table::CellAlignment::Right);
+            }
+        }
+    }
+    t.lines().map(|l| l.trim_end().to_owned() + "\n").collect()
 }
 
-/// A progress bar on stderr, redrawn in place on a terminal and printed at
-/// most every 10% otherwise (so CI logs stay short).
+/// Progress on stderr (indicatif): a bar per stage redrawn in place on a
+/// terminal; away from one, no bar, just a line as each stage ends (so CI
+/// logs stay short).
 #[derive(Debug)]
 pub struct Progress {
-    label: Mutex<(String, u64)>,
+    current: Mutex<Option<(String, indicatif::ProgressBar)>>,
     tty: bool,
 }
 
@@ -76,10 +63,10 @@ impl Default for Progress {
 }
 
 impl Progress {
-    /// A bar on stderr.
+    /// Progress on stderr.
     pub fn new() -> Self {
         Progress {
-            label: Mutex::new((String::new(), u64::MAX)),
+            current: Mutex::new(None),
             tty: std::io::stderr().is_terminal(),
         }
     }
@@ -91,32 +78,36 @@ impl Progress {
 
     /// Shows `done` of `total` for `stage`.
     pub fn update(&self, stage: &str, done: u64, total: u64) {
-        let pct = done.saturating_mul(100).checked_div(total).unwrap_or(100);
-        let mut last = self.label.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let new_stage = last.0 != stage;
-        if !self.tty && !new_stage && pct / 10 == last.1 / 10 && done != total {
-            return;
-        }
-        if new_stage && self.tty && !last.0.is_empty() {
-            eprintln!();
-        }
-        *last = (stage.to_owned(), pct);
-        let filled = (pct / 4) as usize;
-        let bar = format!(
-            "[{}{}] {pct:>3}% {stage:<12} {done}/{total}",
-            "#".repeat(filled),
-            "-".repeat(25 - filled)
-        );
-        let mut err = std::io::stderr().lock();
-        if self.tty {
-            let _ = write!(err, "\r{bar}");
-            if done == total {
-                let _ = writeln!(err);
+        let mut current = self.current.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if current.as_ref().is_none_or(|(s, _)| s != stage) {
+            if let Some((_, bar)) = current.take() {
+                bar.finish();
             }
-        } else {
-            let _ = writeln!(err, "{bar}");
+            let bar = if self.tty {
+                indicatif::ProgressBar::new(total)
+            } else {
+                indicatif::ProgressBar::hidden()
+            };
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("[{bar:25}] {percent:>3}% {msg:<12} {pos}/{len}")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                    .progress_chars("#>-"),
+            );
+            bar.set_message(stage.to_owned());
+            bar.set_length(total);
+            *current = Some((stage.to_owned(), bar));
         }
-        let _ = err.flush();
+        let Some((_, bar)) = current.as_ref() else { return };
+        let was_done = bar.is_finished();
+        bar.set_position(done);
+        if done >= total && !was_done {
+            bar.finish();
+            if !self.tty {
+                let mut err = std::io::stderr().lock();
+                let _ = writeln!(err, "{stage}: {done}/{total}");
+                let _ = err.flush();
+            }
+        }
     }
 }
 
@@ -140,5 +131,6 @@ mod tests {
             &[vec!["ann".into(), "3".into()], vec!["bob".into(), "12".into()]],
         );
         assert_eq!(t, "name  pts\n---------\nann     3\nbob    12\n");
+        assert_eq!(table(&["a", "b"], &[]), "a  b\n----\n");
     }
 }

@@ -805,3 +805,53 @@ async fn retry_by_id_purge_by_age_and_enqueue_do_what_they_say() {
     assert_ne!(out.status.code(), Some(0), "a bad scope is refused");
     assert_eq!(admin.stats(queue).await.expect("stats").ready, 2, "nothing enqueued");
 }
+
+/// Away from a terminal the seed's progress is one line per stage as it
+/// ends, each stage named once and by its own name (teams were once shown
+/// as a second "competitions" stage), and the listing after it is a table.
+#[tokio::test]
+async fn seed_progress_in_a_pipe_is_a_line_per_stage() {
+    let db = tally_testkit::database().await;
+    tally_store::migrate_url(&db.url).await.expect("migrated");
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_tally"))
+            .env_clear()
+            .env("DATABASE_URL", &db.url)
+            .args(args)
+            .output()
+            .expect("tally runs")
+    };
+    let out = run(&["seed", "--users", "60", "--predictions", "600", "--teams", "4"]);
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    let lines: Vec<&str> = err.lines().filter(|l| l.contains('/')).collect();
+    let stages: Vec<&str> = lines.iter().filter_map(|l| l.split(':').next()).collect();
+    assert_eq!(
+        stages,
+        [
+            "users",
+            "competitions",
+            "teams",
+            "matches",
+            "predictions",
+            "totals",
+            "views"
+        ],
+        "{err}"
+    );
+    assert!(lines.contains(&"users: 60/60"), "{err}");
+    assert!(lines.contains(&"teams: 8/8"), "2 competitions of 4 teams: {err}");
+    assert!(
+        !err.contains('\r') && !err.contains('['),
+        "no bar drawn into a pipe: {err}"
+    );
+
+    let out = run(&["standings", "--competition", "1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let mut lines = text.lines();
+    let header = lines.next().expect("header");
+    assert!(header.starts_with("#  team") && header.ends_with("pts"), "{text}");
+    assert!(lines.next().is_some_and(|l| l.chars().all(|c| c == '-')), "{text}");
+    assert_eq!(lines.count(), 4, "a line per team: {text}");
+}

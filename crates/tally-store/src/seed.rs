@@ -76,8 +76,10 @@ impl Default for SeedOptions {
 pub enum SeedStage {
     /// Users are being copied.
     Users,
-    /// Competitions and teams are being copied.
+    /// Competitions are being copied.
     Competitions,
+    /// Teams are being copied.
+    Teams,
     /// Fixtures are being copied.
     Matches,
     /// Predictions are being copied.
@@ -456,7 +458,7 @@ pub async fn seed(
         &tx,
         "COPY teams (id, name) FROM STDIN",
         (competitions * teams_per) as u64,
-        SeedStage::Competitions,
+        SeedStage::Teams,
         progress,
         |i, out| {
             let _ = writeln!(out, "{}\t{}", i + 1, team_name(i as usize));
