@@ -22,6 +22,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tally_jobs::{Backoff, BackoffKind, Job, JobPolicy, Priority};
+use tally_settings::{Env, SettingsError};
 use tokio::sync::{Notify, oneshot};
 
 use tally_queue::{
@@ -104,63 +105,59 @@ impl Default for BenchSettings {
 
 impl BenchSettings {
     /// Defaults overridden by the environment variables of `bench.mjs`
-    /// (`REDIS_URL`, `N`, `CONCURRENCY=5,50`, `PHASES=…`, …).
-    pub fn from_env() -> Result<Self, QueueError> {
-        let mut s = Self::default();
-        let var = |name: &str| std::env::var(name).ok();
-        let num = |name: &str, into: &mut usize| -> Result<(), QueueError> {
-            if let Some(v) = var(name) {
-                *into = v
-                    .parse()
-                    .map_err(|_| QueueError::Config(format!("{name} must be a number")))?;
-            }
-            Ok(())
+    /// (`REDIS_URL`, `N`, `CONCURRENCY=5,50`, `PHASES=…`, …), read with
+    /// `tally_settings::Env` like every other setting.
+    pub fn from_env() -> Result<Self, SettingsError> {
+        Self::read(&Env::process())
+    }
+
+    /// [`BenchSettings::from_env`] from `env`.
+    pub fn read(env: &Env) -> Result<Self, SettingsError> {
+        let d = Self::default();
+        let count = |name: &'static str, default: usize| -> Result<usize, SettingsError> {
+            env.parsed(name, default, "a whole number")
         };
-        if let Some(url) = var("REDIS_URL") {
-            s.redis_url = url;
-        }
-        if let Some(phases) = var("PHASES") {
-            s.phases = phases
+        let phases = env.raw("PHASES").map_or(d.phases.clone(), |phases| {
+            phases
                 .split(',')
                 .map(|p| p.trim().to_owned())
                 .filter(|p| !p.is_empty())
-                .collect();
-        }
-        if let Some(c) = var("CONCURRENCY") {
-            s.concurrency = c
+                .collect()
+        });
+        let concurrency = match env.raw("CONCURRENCY") {
+            None => d.concurrency.clone(),
+            Some(c) => c
                 .split(',')
                 .map(|x| x.trim().parse::<usize>().ok().filter(|c| *c > 0))
                 .collect::<Option<Vec<_>>>()
-                .ok_or_else(|| QueueError::Config("CONCURRENCY: integers >= 1, comma-separated".into()))?;
-        }
-        num("N", &mut s.n)?;
-        num("PAYLOAD_BYTES", &mut s.payload_bytes)?;
-        num("BULK_BATCH", &mut s.bulk_batch)?;
-        num("ADD_INFLIGHT", &mut s.add_inflight)?;
-        num("DELAYED_JOBS", &mut s.delayed_jobs)?;
-        num("RETRY_JOBS", &mut s.retry_jobs)?;
-        num("WARMUP_JOBS", &mut s.warmup_jobs)?;
-        let mut ms = s.delay_ms as usize;
-        num("DELAY_MS", &mut ms)?;
-        s.delay_ms = ms as u64;
-        let mut ms = s.retry_backoff_ms as usize;
-        num("RETRY_BACKOFF_MS", &mut ms)?;
-        s.retry_backoff_ms = ms as u64;
-        let mut secs = s.phase_timeout.as_secs() as usize;
-        num("PHASE_TIMEOUT_S", &mut secs)?;
-        s.phase_timeout = Duration::from_secs(secs as u64);
-        for (name, into) in [
-            ("LATENCY_RATE", &mut s.latency_rate),
-            ("LATENCY_SECONDS", &mut s.latency_seconds),
-            ("DELAYED_SPREAD_RATE", &mut s.delayed_spread_rate),
-        ] {
-            if let Some(v) = var(name) {
-                *into = v
-                    .parse()
-                    .map_err(|_| QueueError::Config(format!("{name} must be a number")))?;
-            }
-        }
-        Ok(s)
+                .ok_or_else(|| SettingsError::Invalid {
+                    name: "CONCURRENCY",
+                    shown: format!("{c:?}"),
+                    reason: "expected integers >= 1, comma-separated".into(),
+                })?,
+        };
+        Ok(Self {
+            redis_url: env.raw("REDIS_URL").unwrap_or(d.redis_url),
+            phases,
+            n: count("N", d.n)?,
+            concurrency,
+            payload_bytes: count("PAYLOAD_BYTES", d.payload_bytes)?,
+            bulk_batch: count("BULK_BATCH", d.bulk_batch)?,
+            add_inflight: count("ADD_INFLIGHT", d.add_inflight)?,
+            latency_rate: env.parsed("LATENCY_RATE", d.latency_rate, "a number")?,
+            latency_seconds: env.parsed("LATENCY_SECONDS", d.latency_seconds, "a number")?,
+            delayed_jobs: count("DELAYED_JOBS", d.delayed_jobs)?,
+            delay_ms: env.parsed("DELAY_MS", d.delay_ms, "a whole number")?,
+            delayed_spread_rate: env.parsed("DELAYED_SPREAD_RATE", d.delayed_spread_rate, "a number")?,
+            retry_jobs: count("RETRY_JOBS", d.retry_jobs)?,
+            retry_backoff_ms: env.parsed("RETRY_BACKOFF_MS", d.retry_backoff_ms, "a whole number")?,
+            warmup_jobs: count("WARMUP_JOBS", d.warmup_jobs)?,
+            phase_timeout: Duration::from_secs(env.parsed(
+                "PHASE_TIMEOUT_S",
+                d.phase_timeout.as_secs(),
+                "whole seconds",
+            )?),
+        })
     }
 
     fn params(&self) -> Value {
@@ -961,4 +958,36 @@ pub fn summary(r: &Value) -> String {
     }
     head.extend(lines);
     head.join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_read_bench_mjs_names_and_name_a_bad_one() {
+        let s = BenchSettings::read(&Env::from_pairs([
+            ("N", "500"),
+            ("CONCURRENCY", "2, 8"),
+            ("PHASES", "process,latency"),
+            ("LATENCY_RATE", "250.5"),
+        ]))
+        .expect("valid");
+        assert_eq!(
+            (s.n, s.concurrency.as_slice(), s.latency_rate),
+            (500, &[2, 8][..], 250.5)
+        );
+        assert_eq!(
+            s.phases.iter().map(String::as_str).collect::<Vec<_>>(),
+            ["latency", "process"]
+        );
+        assert_eq!(
+            BenchSettings::read(&Env::from_pairs([])).expect("defaults").n,
+            BenchSettings::default().n
+        );
+        for (name, value) in [("N", "many"), ("CONCURRENCY", "5,0"), ("DELAY_MS", "-1")] {
+            let err = BenchSettings::read(&Env::from_pairs([(name, value)])).expect_err(value);
+            assert!(err.to_string().contains(name), "{err}");
+        }
+    }
 }

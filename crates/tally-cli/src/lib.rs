@@ -38,18 +38,14 @@ pub fn error_line(error: &anyhow::Error) -> String {
 
 /// Runs one parsed command line.
 ///
-/// Telemetry is set up only when it would send something (an OTLP endpoint or
-/// a Sentry DSN is configured), so everyday use prints no log noise; then a
-/// command runs inside a `tally <command>` span, which is where the trace of
-/// a recorded result starts.
+/// Telemetry is set up only when it would send something (trace export on,
+/// by the same reading of the `OTEL_*` variables the services make, so
+/// `OTEL_SDK_DISABLED=true` switches it off; or a Sentry DSN), so everyday
+/// use prints no log noise; then a command runs inside a `tally <command>`
+/// span, which is where the trace of a recorded result starts.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    let exporting = [
-        "OTEL_EXPORTER_OTLP_ENDPOINT",
-        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-        "SENTRY_DSN",
-    ]
-    .iter()
-    .any(|v| std::env::var_os(v).is_some_and(|s| !s.is_empty()));
+    let settings = tally_telemetry::Settings::from_env()?;
+    let exporting = settings.otlp_endpoint.is_some() || settings.sentry_dsn.is_some();
     let _telemetry = if exporting {
         Some(tally_service::init_telemetry("tally")?)
     } else {

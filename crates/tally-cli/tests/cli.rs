@@ -855,3 +855,35 @@ async fn seed_progress_in_a_pipe_is_a_line_per_stage() {
     assert!(lines.next().is_some_and(|l| l.chars().all(|c| c == '-')), "{text}");
     assert_eq!(lines.count(), 4, "a line per team: {text}");
 }
+
+/// The CLI reads the `OTEL_*` switches as the services do: an endpoint
+/// turns trace export on, `OTEL_SDK_DISABLED=true` or
+/// `OTEL_TRACES_EXPORTER=none` turn it off again (the CLI once looked at the
+/// endpoint alone).
+#[tokio::test]
+async fn otel_sdk_disabled_keeps_the_cli_quiet() {
+    let redis = tally_testkit::redis().await;
+    let run = |extra: &[(&str, &str)]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_tally"))
+            .env_clear()
+            .env("REDIS_URL", &redis.url)
+            .env("TALLY_QUEUE_PREFIX", &redis.namespace)
+            // Nothing listens there: export fails in the background, never the command.
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")
+            .envs(extra.iter().copied())
+            .args(["queue", "stats"])
+            .output()
+            .expect("tally runs");
+        assert!(out.status.success(), "{extra:?}: {}", stderr(&out));
+        stderr(&out)
+    };
+    let on = run(&[]);
+    assert!(
+        on.contains("telemetry initialised") && on.contains("otlp_traces"),
+        "{on}"
+    );
+    for off in [("OTEL_SDK_DISABLED", "true"), ("OTEL_TRACES_EXPORTER", "none")] {
+        let err = run(&[off]);
+        assert!(!err.contains("telemetry"), "{off:?}: {err}");
+    }
+}

@@ -12,13 +12,14 @@
 pub mod args;
 pub mod health;
 pub mod observe;
-pub mod settings;
 pub mod shutdown;
 pub mod startup;
 
 pub use health::{HealthServer, ReadinessCheck};
-pub use settings::{Env, REDIS_SCHEMES, SettingsError, redact_url};
 pub use shutdown::shutdown_signal;
+/// The settings reader (`tally-settings`), re-exported for the binaries.
+pub use tally_settings as settings;
+pub use tally_settings::{Env, REDIS_SCHEMES, SettingsError, redact_url};
 
 /// An error and its causes on one line, each cause once. Many errors print
 /// their source inside their own message, so `{e:#}` repeats it ("Connection

@@ -1,10 +1,12 @@
 //! What the environment switches on, read once at start and validated.
 //!
-//! Reading goes through a lookup function rather than `std::env` directly so
-//! tests can feed a map (setting process variables is `unsafe` in edition 2024
-//! and races with other tests).
+//! Reading goes through `tally_settings::Env`, the reader every tally crate
+//! uses, so tests can feed a map (setting process variables is `unsafe` in
+//! edition 2024 and races with other tests).
 
 use std::fmt;
+
+use tally_settings::Env;
 
 use crate::TelemetryError;
 
@@ -62,17 +64,12 @@ impl fmt::Debug for Settings {
 impl Settings {
     /// Reads the process environment.
     pub fn from_env() -> Result<Self, TelemetryError> {
-        Self::from_lookup(|name| std::env::var(name).ok())
+        Self::read(&Env::process())
     }
 
-    /// Reads settings through `lookup` (a variable name to its value); empty
-    /// values count as unset.
-    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, TelemetryError> {
-        let get = |name: &str| {
-            lookup(name)
-                .map(|value| value.trim().to_owned())
-                .filter(|value| !value.is_empty())
-        };
+    /// Reads settings from `env`; empty values count as unset.
+    pub fn read(env: &Env) -> Result<Self, TelemetryError> {
+        let get = |name: &str| env.raw(name).map(|value| value.trim().to_owned());
 
         let filter = get("RUST_LOG").unwrap_or_else(|| DEFAULT_FILTER.to_owned());
 
@@ -108,13 +105,10 @@ impl Settings {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
-
     use super::*;
 
     fn settings(vars: &[(&str, &str)]) -> Result<Settings, TelemetryError> {
-        let map: HashMap<String, String> = vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
-        Settings::from_lookup(|name| map.get(name).cloned())
+        Settings::read(&Env::from_pairs(vars.iter().copied()))
     }
 
     #[test]
