@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use tally_e2e::{Stack, StackOptions, score_for};
-use tally_jobs::{Job as _, ScoreMatch};
+use tally_jobs::{CalculatePoints, Job as _, ScoreMatch};
 
 const SETTLE: Duration = Duration::from_secs(60);
 
@@ -181,4 +181,62 @@ async fn sigterm_under_load_exits_zero_within_the_deadline_and_loses_nothing() {
     stack.service("stats-worker").restart().expect("restart");
     stack.wait_settled(SETTLE).await.expect("nothing lost");
     stack.stop_cleanly().await;
+}
+
+/// A matchday's results scored while no stats worker runs leave their
+/// points jobs waiting; a stats worker then totals them. Each finished
+/// points job asks for a refresh, which coalesces into one still waiting;
+/// a free slot claims that waiting refresh at once, after which the next
+/// request makes a new one. So one slot (`WORKER_CONCURRENCY=1`) costs one
+/// or two refreshes for the burst, and the default five slots up to about
+/// one per slot (measured: 5 for 6 results), never more than one per
+/// result. (The stats-worker's docs say this; without the dedup key every
+/// result would cost its own refresh at any concurrency.)
+async fn burst_refreshes(concurrency: &str) -> (u64, u64) {
+    let mut stack = Stack::new(opts()).await.expect("stack");
+    stack.start_services(&[("scoring-worker", "scoring-worker")]).await;
+    let matchday = stack.matchday().await.expect("matchday");
+    let n = matchday.len() as u64;
+    assert!(n >= 6, "{matchday:?}");
+    stack.finish_all(&matchday).await;
+    let admin = stack.admin.clone();
+    stack
+        .wait_for("every result scored, its points job waiting", SETTLE, || {
+            let admin = admin.clone();
+            async move { Ok(admin.stats(CalculatePoints::QUEUE).await?.ready == n) }
+        })
+        .await
+        .expect("points jobs waiting");
+    stack
+        .start_with("stats-worker", "stats-worker", &[("WORKER_CONCURRENCY", concurrency)])
+        .await
+        .expect("stats-worker");
+    stack.wait_settled(SETTLE).await.expect("settled and exact");
+    let completed = stack
+        .admin
+        .stats(CalculatePoints::QUEUE)
+        .await
+        .expect("stats")
+        .counters
+        .completed;
+    stack.stop_cleanly().await;
+    (completed - n, n)
+}
+
+#[tokio::test]
+async fn a_burst_of_results_costs_one_or_two_refreshes_on_one_slot() {
+    let (refreshes, n) = burst_refreshes("1").await;
+    assert!(
+        (1..=2).contains(&refreshes),
+        "{refreshes} refreshes for a burst of {n} results"
+    );
+}
+
+#[tokio::test]
+async fn a_burst_of_results_never_costs_more_refreshes_than_results() {
+    let (refreshes, n) = burst_refreshes("5").await;
+    assert!(
+        (1..=n).contains(&refreshes),
+        "{refreshes} refreshes for a burst of {n} results"
+    );
 }

@@ -2,8 +2,13 @@
 //!
 //! `CalculatePoints` recalculates the totals of the users who predicted a
 //! scored match, then enqueues a deduplicated `RefreshViews`: while one
-//! refresh waits, further requests coalesce into it, so a burst of results
-//! costs one or two refreshes. Because the refresh is enqueued after the
+//! refresh waits, further requests coalesce into it. A free slot claims a
+//! waiting refresh at once, and the next request then makes a new one, so a
+//! burst of results costs one or two refreshes on a worker with one slot
+//! (`WORKER_CONCURRENCY=1`) and up to about one per free slot with more
+//! (5 for 6 results at the default 5), never more than one per result; the
+//! extra ones wait on the refresh lock and publish only what changed since
+//! (`tests/tests/pipeline.rs` shows both). Because the refresh is enqueued after the
 //! points are committed, and a refresh that has started no longer absorbs
 //! new requests, every committed result is covered by some later refresh.
 //! `RefreshViews` refreshes leaderboards and/or standings without blocking
