@@ -29,10 +29,9 @@ pub fn bin_dir() -> PathBuf {
     }
 }
 
-/// A free TCP port on 127.0.0.1 (free when asked; the service binds it next).
-pub fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
+/// A free TCP port on 127.0.0.1 (free when asked; the service binds it
+/// next): the test kit's.
+pub use tally_testkit::free_port;
 
 /// A running service process.
 #[derive(Debug)]

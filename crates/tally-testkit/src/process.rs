@@ -22,7 +22,7 @@ const LOG_TAIL_BYTES: u64 = 4096;
 /// A loopback port that was free a moment ago. Another process may take it
 /// before the server binds it, so callers retry with a new port when the
 /// server fails to start.
-pub(crate) fn free_port() -> Result<u16> {
+pub fn free_port() -> Result<u16> {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .context("tally-testkit: cannot bind 127.0.0.1:0 to find a free port")?;
     Ok(listener.local_addr()?.port())
