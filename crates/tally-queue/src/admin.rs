@@ -10,7 +10,6 @@ use tally_jobs::{Envelope, Priority};
 
 use crate::clock::{millis, now_ms};
 use crate::config::check_queue_name;
-use crate::keys::WAKE_CAP;
 use crate::{QueueClient, QueueError, QueueKeys, scheduler, scripts};
 
 /// Ready jobs per priority.
@@ -323,33 +322,15 @@ impl QueueAdmin {
     }
 
     async fn retry_dead_call(&self, keys: &QueueKeys, mode: &str, args: &[String]) -> Result<(u64, u64), QueueError> {
-        let mut invocation = scripts::RETRY_DEAD.prepare_invoke();
-        invocation
-            .key(keys.dead())
-            .key(keys.dead_envelopes())
-            .key(keys.dead_info())
-            .key(keys.jobs())
-            .key(keys.state());
-        for key in keys.ready_all() {
-            invocation.key(key);
-        }
-        invocation.key(keys.wake()).arg(WAKE_CAP).arg(mode).arg(args);
-        let mut conn = self.client.conn();
-        Ok(invocation.invoke_async(&mut conn).await?)
+        scripts::retry_dead(&self.client, keys, mode, args).await
     }
 
     /// Deletes dead jobs for good. Returns how many.
     pub async fn dead_purge(&self, queue: &str, which: DeadSelector) -> Result<u64, QueueError> {
         let keys = self.keys(queue)?;
         let call = |args: Vec<String>| {
-            let mut invocation = scripts::PURGE_DEAD.prepare_invoke();
-            invocation
-                .key(keys.dead())
-                .key(keys.dead_envelopes())
-                .key(keys.dead_info())
-                .arg(args);
-            let mut conn = self.client.conn();
-            async move { Ok::<u64, QueueError>(invocation.invoke_async(&mut conn).await?) }
+            let keys = &keys;
+            async move { scripts::purge_dead(&self.client, keys, &args).await }
         };
         match which {
             DeadSelector::All => call(vec!["all".into()]).await,

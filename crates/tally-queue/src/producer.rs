@@ -5,12 +5,11 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::future::try_join_all;
-use redis::Value;
 use tally_jobs::{Envelope, Job, Priority, TraceContext};
 
 use crate::clock::now_ms;
 use crate::config::check_queue_name;
-use crate::keys::{ENQUEUE_CHUNK, WAKE_CAP, priority_letter};
+use crate::keys::ENQUEUE_CHUNK;
 use crate::{QueueClient, QueueError, scripts};
 
 /// What happened to an enqueued job.
@@ -165,33 +164,7 @@ impl Producer {
         let calls = envelopes
             .chunks(ENQUEUE_CHUNK)
             .zip(encoded.chunks(ENQUEUE_CHUNK))
-            .map(|(chunk, bodies)| {
-                let mut invocation = scripts::ENQUEUE_JOBS.prepare_invoke();
-                invocation
-                    .key(keys.jobs())
-                    .key(keys.state())
-                    .key(keys.scheduled())
-                    .key(keys.dedup())
-                    .key(keys.stats())
-                    .key(keys.wake());
-                for key in keys.ready_all() {
-                    invocation.key(key);
-                }
-                invocation.arg(now).arg(keys.due_channel()).arg(WAKE_CAP);
-                for ((envelope, due), body) in chunk.iter().zip(bodies) {
-                    invocation
-                        .arg(&envelope.id)
-                        .arg(body)
-                        .arg(priority_letter(envelope.policy.priority))
-                        .arg(*due)
-                        .arg(envelope.dedup_key.as_deref().unwrap_or(""));
-                }
-                let mut conn = self.client.conn();
-                async move {
-                    let reply: Vec<Value> = invocation.invoke_async(&mut conn).await?;
-                    parse_enqueued(&reply)
-                }
-            });
+            .map(|(chunk, bodies)| scripts::enqueue_jobs(&self.client, &keys, now, chunk, bodies));
         let results = self.client.observe(try_join_all(calls).await)?;
         Ok(results.into_iter().flatten().collect())
     }
@@ -216,17 +189,4 @@ fn apply_options(envelope: &mut Envelope, options: &EnqueueOptions) {
 
 fn new_id(given: Option<&str>) -> String {
     given.map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_owned)
-}
-
-fn parse_enqueued(reply: &[Value]) -> Result<Vec<Enqueued>, QueueError> {
-    reply
-        .chunks(2)
-        .map(|pair| match pair {
-            [id, flag] => Ok(Enqueued {
-                id: redis::from_redis_value_ref(id)?,
-                deduplicated: redis::from_redis_value_ref::<i64>(flag)? == 1,
-            }),
-            _ => Err(QueueError::Protocol("odd enqueue reply".into())),
-        })
-        .collect()
 }

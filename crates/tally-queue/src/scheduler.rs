@@ -18,92 +18,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt as _;
-use redis::Value;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use crate::JobEvent;
 use crate::clock::{millis, now_ms};
-use crate::keys::{MOVE_BATCH, WAKE_CAP};
+use crate::keys::MOVE_BATCH;
 use crate::retry::RetryBackoff;
 use crate::worker::Shared;
-use crate::{JobEvent, QueueClient, QueueError, QueueKeys, scripts};
 
-/// What one promote call did, on Redis's clock.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Promoted {
-    pub(crate) moved: usize,
-    /// Next due time still scheduled (Redis's clock, ms).
-    pub(crate) next_due: Option<u64>,
-    /// Redis's clock when the script ran (ms).
-    pub(crate) redis_now: u64,
-}
-
-/// Moves jobs due by Redis's clock to their ready lists.
-pub(crate) async fn promote_due(client: &QueueClient, keys: &QueueKeys) -> Result<Promoted, QueueError> {
-    let mut invocation = scripts::PROMOTE_DUE.prepare_invoke();
-    invocation.key(keys.scheduled()).key(keys.state()).key(keys.jobs());
-    for key in keys.ready_all() {
-        invocation.key(key);
-    }
-    invocation.key(keys.wake()).arg(0).arg(MOVE_BATCH).arg(WAKE_CAP);
-    let mut conn = client.conn();
-    let reply = invocation.invoke_async(&mut conn).await.map_err(QueueError::from);
-    let (moved, next, redis_now): (usize, i64, u64) = client.observe(reply)?;
-    Ok(Promoted {
-        moved,
-        next_due: u64::try_from(next).ok(),
-        redis_now,
-    })
-}
-
-/// One recovered or buried job, as the reaper reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Reaped {
-    pub(crate) id: String,
-    pub(crate) dead: bool,
-    pub(crate) crashes: u32,
-    pub(crate) kind: Option<String>,
-    pub(crate) attempt: u32,
-}
-
-/// Recovers up to [`MOVE_BATCH`] jobs whose lease expired by Redis's clock.
-pub(crate) async fn reap_expired(client: &QueueClient, keys: &QueueKeys) -> Result<Vec<Reaped>, QueueError> {
-    let config = client.config();
-    let mut invocation = scripts::REAP_EXPIRED.prepare_invoke();
-    invocation.key(keys.leases()).key(keys.state()).key(keys.jobs());
-    for key in keys.ready_all() {
-        invocation.key(key);
-    }
-    invocation
-        .key(keys.wake())
-        .key(keys.dead())
-        .key(keys.dead_envelopes())
-        .key(keys.dead_info())
-        .key(keys.stats())
-        .arg(0)
-        .arg(MOVE_BATCH)
-        .arg(WAKE_CAP)
-        .arg(config.dead_max_count)
-        .arg(millis(config.dead_max_age));
-    let mut conn = client.conn();
-    let reply = invocation.invoke_async(&mut conn).await.map_err(QueueError::from);
-    let reply: Vec<Value> = client.observe(reply)?;
-    reply
-        .chunks(5)
-        .map(|c| match c {
-            [id, status, crashes, kind, attempt] => Ok(Reaped {
-                id: String::from_utf8_lossy(&redis::from_redis_value_ref::<Vec<u8>>(id)?).into_owned(),
-                dead: redis::from_redis_value_ref::<i64>(status)? == 2,
-                crashes: redis::from_redis_value_ref(crashes)?,
-                kind: Some(String::from_utf8_lossy(&redis::from_redis_value_ref::<Vec<u8>>(kind)?).into_owned())
-                    .filter(|k| !k.is_empty()),
-                attempt: redis::from_redis_value_ref(attempt)?,
-            }),
-            _ => Err(QueueError::Protocol("reap reply not a multiple of 5".into())),
-        })
-        .collect()
-}
+pub(crate) use crate::scripts::{Reaped, promote_due, reap_expired};
 
 /// The promoter loop of one worker process.
 pub(crate) async fn run_promoter(shared: Arc<Shared>, stop: CancellationToken) {

@@ -7,9 +7,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use super::runtime::{LeaseTable, Shared};
-use crate::clock::millis;
 use crate::retry::RetryBackoff;
-use crate::{QueueError, scripts};
+use crate::scripts;
 
 /// Blocks on the wake list while the driver has nothing to claim, and tells
 /// the driver when a marker (or the idle-poll timeout) arrives.
@@ -98,19 +97,7 @@ pub(super) async fn run_heartbeat(shared: Arc<Shared>, leases: LeaseTable, stop:
             .cloned()
             .collect();
         for chunk in snapshot.chunks(500) {
-            let mut invocation = scripts::EXTEND_LEASES.prepare_invoke();
-            invocation
-                .key(shared.keys.state())
-                .key(shared.keys.leases())
-                .arg(millis(config.lease));
-            for (id, token) in chunk {
-                invocation.arg(id).arg(*token);
-            }
-            let mut conn = shared.client.conn();
-            let result = invocation
-                .invoke_async::<Vec<i64>>(&mut conn)
-                .await
-                .map_err(QueueError::from);
+            let result = scripts::extend_leases(&shared.client, &shared.keys, config.lease, chunk).await;
             match shared.client.observe(result) {
                 Ok(statuses) => {
                     let table = leases.lock().unwrap_or_else(PoisonError::into_inner);

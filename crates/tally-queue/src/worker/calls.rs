@@ -7,12 +7,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use redis::Value;
 use tracing::{debug, error, info, warn};
 
-use super::runtime::{Claimed, Finished, Shared};
-use crate::clock::{millis, now_ms};
-use crate::keys::WAKE_CAP;
+use super::runtime::{Finished, Shared};
 use crate::retry::RetryBackoff;
 use crate::{JobEvent, QueueError, scripts};
 
@@ -33,11 +30,7 @@ pub(super) struct ClaimRequest {
     pub(super) retry: bool,
 }
 
-/// Reply of the claim script: acknowledgement statuses, then claimed jobs.
-pub(super) struct ClaimReply {
-    pub(super) acks: Vec<i64>,
-    pub(super) jobs: Vec<Claimed>,
-}
+pub(super) use crate::scripts::ClaimReply;
 
 /// Acknowledges `acks` and claims up to `count` jobs, in one script call.
 pub(super) async fn claim_jobs(
@@ -67,68 +60,17 @@ pub(super) async fn claim_call(
     acks: &[Finished],
     request: Option<ClaimRequest>,
 ) -> Result<ClaimReply, QueueError> {
-    let keys = &shared.keys;
-    let config = shared.client.config();
-    let mut invocation = scripts::CLAIM_JOBS.prepare_invoke();
-    for key in keys.ready_all() {
-        invocation.key(key);
-    }
-    invocation
-        .key(keys.jobs())
-        .key(keys.state())
-        .key(keys.leases())
-        .key(keys.token())
-        .key(keys.dedup())
-        .key(keys.wake())
-        .key(keys.stats())
-        .key(keys.claim_record(&shared.worker_id))
-        .arg(request.map_or_else(
-            || "-".to_owned(),
-            |r| format!("{}:{}", if r.retry { 'r' } else { 'n' }, r.id),
-        ))
-        .arg(millis(config.lease))
-        .arg(count)
-        .arg(start_now);
-    for job in acks {
-        invocation.arg(&job.id).arg(job.token);
-    }
-    let mut conn = shared.client.conn();
-    let reply: Vec<Value> = invocation.invoke_async(&mut conn).await?;
-    // Owned conversions: the envelopes move out of the reply without a copy.
-    let mut values = reply.into_iter();
-    let Some(ack_statuses) = values.next() else {
-        return Err(QueueError::Protocol("empty claim reply".into()));
-    };
-    let acks: Vec<i64> = redis::from_redis_value(ack_statuses)?;
-    let mut jobs = Vec::with_capacity(values.len() / 6);
-    while let Some(id) = values.next() {
-        let mut field = || {
-            values
-                .next()
-                .ok_or_else(|| QueueError::Protocol("claim reply not a multiple of 6".into()))
-        };
-        let (envelope, attempt, crashes, errors, token) = (field()?, field()?, field()?, field()?, field()?);
-        // Ids are bytes to Redis: one that is not UTF-8 (from another
-        // producer) must harm only its own job, not the whole reply.
-        let (id, bad_id) = match String::from_utf8(redis::from_redis_value::<Vec<u8>>(id)?) {
-            Ok(id) => (id, None),
-            Err(err) => (
-                String::from_utf8_lossy(err.as_bytes()).into_owned(),
-                Some(err.into_bytes()),
-            ),
-        };
-        jobs.push(Claimed {
-            id,
-            bad_id,
-            envelope: redis::from_redis_value(envelope)?,
-            attempt: redis::from_redis_value(attempt)?,
-            crashes: redis::from_redis_value(crashes)?,
-            errors: redis::from_redis_value(errors)?,
-            token: redis::from_redis_value(token)?,
-            held: jobs.len() >= start_now,
-        });
-    }
-    Ok(ClaimReply { acks, jobs })
+    let acks: Vec<(&str, u64)> = acks.iter().map(|job| (job.id.as_str(), job.token)).collect();
+    scripts::claim_jobs(
+        &shared.client,
+        &shared.keys,
+        &shared.worker_id,
+        request.map(|r| (r.retry, r.id)),
+        count,
+        start_now,
+        &acks,
+    )
+    .await
 }
 
 /// Runs a Redis call until it succeeds, fails for good, or `give_up_after`
@@ -173,17 +115,9 @@ pub(super) async fn acknowledge(shared: Arc<Shared>, batch: Vec<Finished>) {
     let mut tries = 0_u32;
     let reply = with_retries(&shared, "acknowledgement", ack_patience(&shared), || {
         tries += 1;
-        let mut invocation = scripts::COMPLETE_JOBS.prepare_invoke();
-        invocation
-            .key(keys.jobs())
-            .key(keys.state())
-            .key(keys.leases())
-            .key(keys.stats());
-        for job in &batch {
-            invocation.arg(&job.id).arg(job.token);
-        }
-        let mut conn = shared.client.conn();
-        async move { Ok::<Vec<i64>, QueueError>(invocation.invoke_async(&mut conn).await?) }
+        let jobs: Vec<(&str, u64)> = batch.iter().map(|job| (job.id.as_str(), job.token)).collect();
+        let client = &shared.client;
+        async move { scripts::complete_jobs(client, keys, &jobs).await }
     })
     .await;
     if let Some(reply) = reply {
@@ -229,28 +163,8 @@ pub(super) async fn report_failure(
     event: JobEvent,
 ) {
     let keys = &shared.keys;
-    let config = shared.client.config();
     let status = with_retries(&shared, "failure report", ack_patience(&shared), || {
-        let mut invocation = scripts::FAIL_JOB.prepare_invoke();
-        invocation
-            .key(keys.jobs())
-            .key(keys.state())
-            .key(keys.leases())
-            .key(keys.scheduled())
-            .key(keys.dead())
-            .key(keys.dead_envelopes())
-            .key(keys.dead_info())
-            .key(keys.stats())
-            .arg(&id)
-            .arg(token)
-            .arg(now_ms())
-            .arg(due)
-            .arg(&reason)
-            .arg(keys.due_channel())
-            .arg(config.dead_max_count)
-            .arg(millis(config.dead_max_age));
-        let mut conn = shared.client.conn();
-        async move { Ok::<i64, QueueError>(invocation.invoke_async(&mut conn).await?) }
+        scripts::fail_job(&shared.client, keys, &id, token, due, &reason)
     })
     .await;
     match status {
@@ -279,17 +193,7 @@ pub(super) async fn report_failure(
 pub(super) async fn requeue(shared: &Arc<Shared>, jobs: &[(String, u64)], patience: Duration) {
     let keys = &shared.keys;
     let reply = with_retries(shared, "requeue at shutdown", patience, || {
-        let mut invocation = scripts::REQUEUE_JOBS.prepare_invoke();
-        invocation.key(keys.state()).key(keys.leases());
-        for key in keys.ready_all() {
-            invocation.key(key);
-        }
-        invocation.key(keys.wake()).arg(WAKE_CAP);
-        for (id, token) in jobs {
-            invocation.arg(id).arg(*token);
-        }
-        let mut conn = shared.client.conn();
-        async move { Ok::<Vec<i64>, QueueError>(invocation.invoke_async(&mut conn).await?) }
+        scripts::requeue_jobs(&shared.client, keys, jobs)
     })
     .await;
     let moved = reply.map_or(0, |r| r.iter().filter(|s| **s == 1).count()) as u64;

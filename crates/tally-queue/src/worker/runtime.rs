@@ -77,20 +77,7 @@ pub(crate) struct Shared {
 /// claim's entry.
 pub(super) type LeaseTable = Arc<Mutex<HashMap<(String, u64), CancellationToken>>>;
 
-/// One job as returned by the claim script.
-pub(super) struct Claimed {
-    pub(super) id: String,
-    pub(super) envelope: Option<Vec<u8>>,
-    pub(super) attempt: u32,
-    pub(super) crashes: u32,
-    pub(super) errors: u32,
-    pub(super) token: u64,
-    /// Claimed ahead of a free slot (Redis marked it held, see `claim_jobs.lua`).
-    pub(super) held: bool,
-    /// The id as Redis holds it when it is not UTF-8 (`id` is then a lossy
-    /// copy for logs): such a job can only be buried, by these bytes.
-    pub(super) bad_id: Option<Vec<u8>>,
-}
+pub(super) use crate::scripts::Claimed;
 
 /// An attempt in progress.
 pub(super) struct Running {
