@@ -264,6 +264,26 @@ impl Stack {
         Ok(metric_sum(&text, name, labels))
     }
 
+    /// Records the next matchday's results while a transaction of the test
+    /// holds a SHARE lock on `predictions`, and waits until a scoring job is
+    /// leased and blocked inside its UPDATE: a kill now lands mid-job by
+    /// construction. [`ScoringHeld::release`] lets the job (or its retry)
+    /// through.
+    pub async fn matchday_with_scoring_held(&self) -> anyhow::Result<(Vec<Fixture>, ScoringHeld)> {
+        let lock = self.store.pool().get().await?;
+        lock.batch_execute("BEGIN; LOCK TABLE predictions IN SHARE MODE")
+            .await?;
+        let fixtures = self.matchday().await?;
+        self.finish_all(&fixtures).await;
+        let admin = self.admin.clone();
+        self.wait_for("a scoring job leased and blocked", Duration::from_secs(20), || {
+            let admin = admin.clone();
+            async move { Ok(admin.stats(ScoreMatch::QUEUE).await?.in_flight > 0) }
+        })
+        .await?;
+        Ok((fixtures, ScoringHeld { lock }))
+    }
+
     /// Matches still owed work (`match_pipeline_pending`): none once the
     /// pipeline caught up.
     pub async fn pending_markers(&self) -> anyhow::Result<i64> {
@@ -358,6 +378,25 @@ impl Stack {
             }
         }
         out
+    }
+}
+
+/// The lock of [`Stack::matchday_with_scoring_held`].
+pub struct ScoringHeld {
+    lock: deadpool_postgres::Object,
+}
+
+impl std::fmt::Debug for ScoringHeld {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ScoringHeld")
+    }
+}
+
+impl ScoringHeld {
+    /// Rolls the lock's transaction back: blocked scoring goes on.
+    pub async fn release(self) -> anyhow::Result<()> {
+        self.lock.batch_execute("ROLLBACK").await?;
+        Ok(())
     }
 }
 

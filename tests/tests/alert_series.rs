@@ -11,7 +11,7 @@
 use std::{collections::BTreeSet, time::Duration};
 
 use tally_e2e::{Stack, StackOptions, metric_sum};
-use tally_jobs::{Job as _, ScoreMatch};
+use tally_jobs::ScoreMatch;
 use tally_testkit::http::get;
 
 /// Every `tally_…` metric name in a rules or dashboard file (recording-rule
@@ -86,23 +86,9 @@ async fn every_series_the_alerts_and_the_dashboard_query_is_served_by_a_binary()
 
     // A worker killed mid-job (a SHARE lock on predictions holds the scoring
     // job in its UPDATE) and restarted: its successor recovers the lease.
-    let blocker = stack.store.pool().get().await.expect("pool");
-    blocker
-        .batch_execute("BEGIN; LOCK TABLE predictions IN SHARE MODE")
-        .await
-        .expect("lock");
-    let first = stack.matchday().await.expect("matchday");
-    stack.finish_all(&first).await;
-    let admin = stack.admin.clone();
-    stack
-        .wait_for("a scoring job in flight", Duration::from_secs(20), || {
-            let admin = admin.clone();
-            async move { Ok(admin.stats(ScoreMatch::QUEUE).await?.in_flight > 0) }
-        })
-        .await
-        .expect("in flight");
+    let (_, held) = stack.matchday_with_scoring_held().await.expect("scoring held");
     stack.service("scoring-worker").kill9().await.expect("kill");
-    blocker.batch_execute("ROLLBACK").await.expect("unlock");
+    held.release().await.expect("unlock");
     stack.service("scoring-worker").restart().expect("restart");
     stack.wait_settled(Duration::from_secs(60)).await.expect("settled");
 
@@ -121,7 +107,8 @@ async fn every_series_the_alerts_and_the_dashboard_query_is_served_by_a_binary()
         .enqueue(&ScoreMatch { match_id: next[0].id })
         .await
         .expect("enqueue");
-    blocker
+    let client = stack.store.pool().get().await.expect("client");
+    client
         .execute(
             "UPDATE matches SET status = 'finished', home_score = 1, away_score = 0, finished_at = now() WHERE id = $1",
             &[&next[1].id],
@@ -177,6 +164,5 @@ async fn every_series_the_alerts_and_the_dashboard_query_is_served_by_a_binary()
         let n = metric_sum(scoring, name, &[("queue", "scoring")]);
         assert!(n >= at_least, "{name} = {n} on the scoring worker:\n{scoring}");
     }
-    drop(blocker);
     stack.stop_cleanly().await;
 }

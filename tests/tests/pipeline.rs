@@ -94,25 +94,10 @@ async fn workers_killed_with_sigkill_mid_run_leave_the_final_state_exact() {
     // construction, not by luck of timing. (The stats workers are killed at
     // whatever point they are.)
     for _ in 0..3 {
-        let blocker = stack.store.pool().get().await.expect("pool");
-        blocker
-            .batch_execute("BEGIN; LOCK TABLE predictions IN SHARE MODE")
-            .await
-            .expect("lock predictions");
-        let fixtures = stack.matchday().await.expect("matchday");
-        stack.finish_all(&fixtures).await;
-        let admin = stack.admin.clone();
-        stack
-            .wait_for("a scoring job leased and blocked", Duration::from_secs(20), || {
-                let admin = admin.clone();
-                async move { Ok(admin.stats(ScoreMatch::QUEUE).await?.in_flight > 0) }
-            })
-            .await
-            .expect("scoring job in flight");
+        let (_, held) = stack.matchday_with_scoring_held().await.expect("scoring held");
         stack.service("stats-worker-1").kill9().await.expect("kill stats");
         stack.service("scoring-worker").kill9().await.expect("kill scoring");
-        blocker.batch_execute("ROLLBACK").await.expect("unlock");
-        drop(blocker);
+        held.release().await.expect("unlock");
         stack.service("stats-worker-1").restart().expect("restart stats");
         stack.service("scoring-worker").restart().expect("restart scoring");
         stack

@@ -24,6 +24,16 @@ fn tally(redis: &TestRedis, args: &[&str]) -> Output {
         .expect("tally runs")
 }
 
+/// Runs `tally args…` with only `env` in its environment.
+fn tally_env(env: &[(&str, &str)], args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tally"))
+        .env_clear()
+        .envs(env.iter().copied())
+        .args(args)
+        .output()
+        .expect("tally runs")
+}
+
 fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
@@ -494,16 +504,12 @@ async fn enqueue_score_match_of_a_match_that_does_not_exist_is_refused_when_the_
     let db = tally_testkit::database().await;
     tally_store::migrate_url(&db.url).await.expect("migrated");
     let redis = tally_testkit::redis().await;
-    let run = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_tally"))
-            .env_clear()
-            .env("DATABASE_URL", &db.url)
-            .env("REDIS_URL", &redis.url)
-            .env("TALLY_QUEUE_PREFIX", &redis.namespace)
-            .args(args)
-            .output()
-            .expect("tally runs")
-    };
+    let env = [
+        ("DATABASE_URL", db.url.as_str()),
+        ("REDIS_URL", redis.url.as_str()),
+        ("TALLY_QUEUE_PREFIX", redis.namespace.as_str()),
+    ];
+    let run = |args: &[&str]| tally_env(&env, args);
     let out = run(&["enqueue", "score-match", "99999"]);
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
@@ -582,14 +588,7 @@ async fn competitions_and_match_list_show_the_ids_to_use() {
         )
         .await
         .expect("seeded");
-    let run = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_tally"))
-            .env_clear()
-            .env("DATABASE_URL", &db.url)
-            .args(args)
-            .output()
-            .expect("tally runs")
-    };
+    let run = |args: &[&str]| tally_env(&[("DATABASE_URL", db.url.as_str())], args);
     let out = run(&["--json", "competitions"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let competitions: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
@@ -679,16 +678,12 @@ async fn match_finish_says_when_no_scoring_worker_is_running() {
         .await
         .expect("seeded");
     let redis = tally_testkit::redis().await;
-    let run = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_tally"))
-            .env_clear()
-            .env("DATABASE_URL", &db.url)
-            .env("REDIS_URL", &redis.url)
-            .env("TALLY_QUEUE_PREFIX", &redis.namespace)
-            .args(args)
-            .output()
-            .expect("tally runs")
-    };
+    let env = [
+        ("DATABASE_URL", db.url.as_str()),
+        ("REDIS_URL", redis.url.as_str()),
+        ("TALLY_QUEUE_PREFIX", redis.namespace.as_str()),
+    ];
+    let run = |args: &[&str]| tally_env(&env, args);
     let first = summary.open_match_ids[0].to_string();
     let out = run(&["match", "finish", &first, "1", "0"]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -813,14 +808,7 @@ async fn retry_by_id_purge_by_age_and_enqueue_do_what_they_say() {
 async fn seed_progress_in_a_pipe_is_a_line_per_stage() {
     let db = tally_testkit::database().await;
     tally_store::migrate_url(&db.url).await.expect("migrated");
-    let run = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_tally"))
-            .env_clear()
-            .env("DATABASE_URL", &db.url)
-            .args(args)
-            .output()
-            .expect("tally runs")
-    };
+    let run = |args: &[&str]| tally_env(&[("DATABASE_URL", db.url.as_str())], args);
     let out = run(&["seed", "--users", "60", "--predictions", "600", "--teams", "4"]);
     let err = stderr(&out);
     assert!(out.status.success(), "{err}");
@@ -864,16 +852,14 @@ async fn seed_progress_in_a_pipe_is_a_line_per_stage() {
 async fn otel_sdk_disabled_keeps_the_cli_quiet() {
     let redis = tally_testkit::redis().await;
     let run = |extra: &[(&str, &str)]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_tally"))
-            .env_clear()
-            .env("REDIS_URL", &redis.url)
-            .env("TALLY_QUEUE_PREFIX", &redis.namespace)
+        let mut env = vec![
+            ("REDIS_URL", redis.url.as_str()),
+            ("TALLY_QUEUE_PREFIX", redis.namespace.as_str()),
             // Nothing listens there: export fails in the background, never the command.
-            .env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")
-            .envs(extra.iter().copied())
-            .args(["queue", "stats"])
-            .output()
-            .expect("tally runs");
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9"),
+        ];
+        env.extend_from_slice(extra);
+        let out = tally_env(&env, &["queue", "stats"]);
         assert!(out.status.success(), "{extra:?}: {}", stderr(&out));
         stderr(&out)
     };
