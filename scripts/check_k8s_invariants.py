@@ -41,7 +41,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-# The binaries, and the environment each one reads (DESIGN.md section 5 and
+# The binaries, and the environment each one reads (docs/CONTRACTS.md and
 # the service contracts). Anything else in a container's env is a typo.
 COMMON_ENV = {
     "REDIS_URL",

@@ -161,8 +161,6 @@ impl Service {
 
     /// The last `n` lines of the service's log.
     pub fn log_tail(&self, n: usize) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(n)..].join("\n")
+        tally_testkit::last_lines(&self.log, n)
     }
 }

@@ -65,7 +65,7 @@ mod shared;
 
 pub use binaries::faketime;
 pub use postgres_server::PostgresServer;
-pub use process::{Signal, free_port, send_signal};
+pub use process::{Signal, free_port, last_lines, send_signal};
 pub use proxy::SilentProxy;
 pub use redis_cluster::RedisCluster;
 pub use redis_server::{RedisOptions, RedisServer};

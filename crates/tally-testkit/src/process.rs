@@ -83,18 +83,27 @@ pub(crate) fn log_output(path: &Path) -> Result<(Stdio, Stdio)> {
 
 /// The last few kilobytes of a log file, for an error message.
 pub(crate) fn log_tail(path: &Path) -> String {
-    let read = || -> std::io::Result<String> {
-        let mut file = File::open(path)?;
-        let len = file.metadata()?.len();
-        file.seek(SeekFrom::Start(len.saturating_sub(LOG_TAIL_BYTES)))?;
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes)?;
-        Ok(String::from_utf8_lossy(&bytes).into_owned())
-    };
-    match read() {
+    match read_tail(path, LOG_TAIL_BYTES) {
         Ok(text) => format!("--- {} ---\n{}", path.display(), text.trim_end()),
         Err(err) => format!("(cannot read {}: {err})", path.display()),
     }
+}
+
+/// The last `n` lines of a log file (of its last 64 KiB, so a huge log is
+/// not read whole); empty when it cannot be read. For error messages.
+pub fn last_lines(path: &Path, n: usize) -> String {
+    let text = read_tail(path, 64 * 1024).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+fn read_tail(path: &Path, bytes: u64) -> std::io::Result<String> {
+    let mut file = File::open(path)?;
+    let len = file.metadata()?.len();
+    file.seek(SeekFrom::Start(len.saturating_sub(bytes)))?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
 /// User and group ids a Postgres server runs as.
