@@ -603,14 +603,21 @@ async fn a_reclaimed_job_keeps_its_new_lease_when_the_stale_attempt_ends() {
         .expect("started");
     assert_eq!(first.0, 1);
     // The lease lapses while the worker lives: the reaper hands the job out
-    // again, and this same worker (a free slot) claims it.
+    // again, and this same worker (a free slot) claims it. The worker's
+    // heartbeat may renew the lease between the expiry and the reap (or its
+    // own reaper may take it first), so expire and reap until the job has
+    // been recovered once.
     let mut conn = redis.connection().await;
-    let _: () = conn
-        .zadd(client.keys(QUEUE).leases(), &id, 0)
-        .await
-        .expect("expire the lease");
     let admin = QueueAdmin::new(client.clone());
-    assert_eq!(admin.reap_expired(QUEUE).await.expect("reap"), 1);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while admin.stats(QUEUE).await.expect("stats").counters.recovered == 0 {
+        assert!(Instant::now() < deadline, "the lapsed lease was never reaped");
+        let _: () = conn
+            .zadd(client.keys(QUEUE).leases(), &id, 0)
+            .await
+            .expect("expire the lease");
+        admin.reap_expired(QUEUE).await.expect("reap");
+    }
     let second = tokio::time::timeout(Duration::from_secs(10), started.recv())
         .await
         .expect("second attempt")
