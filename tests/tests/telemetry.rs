@@ -280,20 +280,47 @@ async fn sentry_gets_one_event_for_a_dead_job_and_none_for_a_retried_success() {
         "the retried job succeeded"
     );
 
-    let events = wait_for(Duration::from_secs(10), || {
-        let e = sentry_events(&sentry);
-        (!e.is_empty()).then_some(e)
+    wait_for(Duration::from_secs(10), || {
+        (!sentry_events(&sentry).is_empty()).then_some(())
     })
     .await
     .expect("a Sentry event for the dead job");
-    // Give a stray second event the chance to show up before counting.
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let events = if sentry_events(&sentry).len() > events.len() {
-        sentry_events(&sentry)
-    } else {
-        events
-    };
-    assert_eq!(events.len(), 1, "exactly one event: {events:#?}");
+    // A barrier instead of a pause: one more dead job in each worker, whose
+    // events come after anything either process sent before (each sends its
+    // events in order). Once both markers are in, a stray event for the
+    // retried success or a second one for the dead job would be too.
+    let markers = [
+        stack
+            .producer
+            .enqueue(&tally_jobs::ScoreMatch { match_id: 987_655 })
+            .await
+            .expect("enqueue")
+            .id,
+        stack
+            .producer
+            .enqueue(&tally_jobs::CalculatePoints {
+                match_id: 987_656,
+                priority: tally_jobs::Priority::Normal,
+            })
+            .await
+            .expect("enqueue")
+            .id,
+    ];
+    let job_id = |e: &serde_json::Value| e["tags"]["job_id"].as_str().map(str::to_owned);
+    let all = wait_for(Duration::from_secs(20), || {
+        let e = sentry_events(&sentry);
+        markers
+            .iter()
+            .all(|m| e.iter().any(|ev| job_id(ev).as_deref() == Some(m.as_str())))
+            .then_some(e)
+    })
+    .await
+    .expect("the markers' Sentry events");
+    let events: Vec<serde_json::Value> = all
+        .into_iter()
+        .filter(|e| job_id(e).is_none_or(|id| !markers.contains(&id)))
+        .collect();
+    assert_eq!(events.len(), 1, "exactly one event besides the markers: {events:#?}");
     let tags = &events[0]["tags"];
     assert_eq!(tags["queue"], "scoring", "{tags}");
     assert_eq!(tags["kind"], "score_match", "{tags}");
@@ -476,20 +503,33 @@ async fn gateway_server_errors_reach_sentry_and_client_errors_do_not() {
         .await
         .expect("response");
     assert_eq!(denied.status, 401);
+    // A barrier instead of a pause: a second 503 after the 401. The gateway
+    // sends its events in order, so once the second 503's event is in, one
+    // for the 401 would be too.
+    let again = request(
+        gateway.addr,
+        "POST",
+        "/api/cron/update-stats",
+        &[("Authorization", &auth)],
+        b"",
+    )
+    .await
+    .expect("response");
+    assert_eq!(again.status, 503, "{}", again.body);
     wait_for(Duration::from_secs(10), || {
-        (!sentry_events(&sentry).is_empty()).then_some(())
+        (sentry_events(&sentry).len() >= 2).then_some(())
     })
     .await
-    .expect("a Sentry event for the 503");
-    // Give a second (wrong) event the chance to arrive before counting.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    .expect("Sentry events for the two 503s");
     // Sentry leaves out the default level (error) when serialising.
     let events = sentry_events(&sentry);
-    assert_eq!(events.len(), 1, "one event for one 5xx, none for the 401: {events:#?}");
-    assert_eq!(
-        events[0]["message"], "cron-gateway answered with a server error",
-        "{events:#?}"
-    );
+    assert_eq!(events.len(), 2, "an event for each 5xx, none for the 401: {events:#?}");
+    for event in &events {
+        assert_eq!(
+            event["message"], "cron-gateway answered with a server error",
+            "{events:#?}"
+        );
+    }
     let text = serde_json::to_string(&events).expect("json");
     assert!(text.contains("503"), "the event names the status: {text}");
     assert!(
