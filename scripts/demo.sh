@@ -47,7 +47,7 @@ else
   fi
 fi
 
-./target/debug/tally demo "$@"
+"${CARGO_TARGET_DIR:-target}/debug/tally" demo "$@"
 if [ "${DEMO_KEEP:-}" = 1 ]; then
   say "the servers keep running (make demo-down stops them); for the tally CLI:"
   echo "export REDIS_URL=$REDIS_URL DATABASE_URL=$DATABASE_URL"
