@@ -101,6 +101,7 @@ start_private_postgres() {
   local data; data=$(pg_data_dir "$state")
   local run_as=()
   if [ "$(id -u)" = 0 ]; then run_as=(setpriv --reuid=postgres --regid=postgres --init-groups); fi
+  mkdir -p "$state"
   echo "$data" >"$state/pg-location"
   if ! "${run_as[@]}" test -f "$data/PG_VERSION"; then
     say "initialising a private PostgreSQL cluster in $data"
