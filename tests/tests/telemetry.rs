@@ -489,15 +489,13 @@ async fn gateway_server_errors_reach_sentry_and_client_errors_do_not() {
     }
     assert!(alive, "gateway did not come up:\n{}", gateway.log_tail(20));
     let auth = format!("Bearer {SECRET}");
-    let unavailable = request(
-        gateway.addr,
-        "POST",
-        "/api/cron/update-stats",
-        &[("Authorization", &auth)],
-        b"",
-    )
-    .await
-    .expect("response");
+    let addr = gateway.addr;
+    let authorised_call = || async {
+        request(addr, "POST", "/api/cron/update-stats", &[("Authorization", &auth)], b"")
+            .await
+            .expect("response")
+    };
+    let unavailable = authorised_call().await;
     assert_eq!(unavailable.status, 503, "{}", unavailable.body);
     let denied = request(gateway.addr, "POST", "/api/cron/update-stats", &[], b"")
         .await
@@ -506,15 +504,7 @@ async fn gateway_server_errors_reach_sentry_and_client_errors_do_not() {
     // A barrier instead of a pause: a second 503 after the 401. The gateway
     // sends its events in order, so once the second 503's event is in, one
     // for the 401 would be too.
-    let again = request(
-        gateway.addr,
-        "POST",
-        "/api/cron/update-stats",
-        &[("Authorization", &auth)],
-        b"",
-    )
-    .await
-    .expect("response");
+    let again = authorised_call().await;
     assert_eq!(again.status, 503, "{}", again.body);
     wait_for(Duration::from_secs(10), || {
         (sentry_events(&sentry).len() >= 2).then_some(())
