@@ -121,14 +121,14 @@ pub(crate) struct ClaimReply {
 /// first `start_now` of them to start at once, in one call. `request`
 /// (`(resent, id)`) names the call so that a resent one gets the same jobs
 /// back (see `claim_jobs.lua`).
-pub(crate) async fn claim_jobs(
+pub(crate) async fn claim_jobs<'a>(
     client: &QueueClient,
     keys: &QueueKeys,
     worker_id: &str,
     request: Option<(bool, u64)>,
     count: usize,
     start_now: usize,
-    acks: &[(&str, u64)],
+    acks: impl IntoIterator<Item = (&'a str, u64)>,
 ) -> Result<ClaimReply, QueueError> {
     let config = client.config();
     let mut invocation = CLAIM_JOBS.prepare_invoke();
@@ -152,7 +152,7 @@ pub(crate) async fn claim_jobs(
         .arg(count)
         .arg(start_now);
     for (id, token) in acks {
-        invocation.arg(*id).arg(*token);
+        invocation.arg(id).arg(token);
     }
     let mut conn = client.conn();
     let reply: Vec<Value> = invocation.invoke_async(&mut conn).await?;
@@ -197,10 +197,10 @@ pub(crate) async fn claim_jobs(
 
 /// Acknowledges finished attempts `(id, token)`; a status per job (1 done,
 /// 2 already finished, 0 stale token).
-pub(crate) async fn complete_jobs(
+pub(crate) async fn complete_jobs<'a>(
     client: &QueueClient,
     keys: &QueueKeys,
-    jobs: &[(&str, u64)],
+    jobs: impl IntoIterator<Item = (&'a str, u64)>,
 ) -> Result<Vec<i64>, QueueError> {
     let mut invocation = COMPLETE_JOBS.prepare_invoke();
     invocation
@@ -209,7 +209,7 @@ pub(crate) async fn complete_jobs(
         .key(keys.leases())
         .key(keys.stats());
     for (id, token) in jobs {
-        invocation.arg(*id).arg(*token);
+        invocation.arg(id).arg(token);
     }
     let mut conn = client.conn();
     Ok(invocation.invoke_async(&mut conn).await?)

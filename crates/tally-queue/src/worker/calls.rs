@@ -60,7 +60,6 @@ pub(super) async fn claim_call(
     acks: &[Finished],
     request: Option<ClaimRequest>,
 ) -> Result<ClaimReply, QueueError> {
-    let acks: Vec<(&str, u64)> = acks.iter().map(|job| (job.id.as_str(), job.token)).collect();
     scripts::claim_jobs(
         &shared.client,
         &shared.keys,
@@ -68,7 +67,7 @@ pub(super) async fn claim_call(
         request.map(|r| (r.retry, r.id)),
         count,
         start_now,
-        &acks,
+        acks.iter().map(|job| (job.id.as_str(), job.token)),
     )
     .await
 }
@@ -115,9 +114,11 @@ pub(super) async fn acknowledge(shared: Arc<Shared>, batch: Vec<Finished>) {
     let mut tries = 0_u32;
     let reply = with_retries(&shared, "acknowledgement", ack_patience(&shared), || {
         tries += 1;
-        let jobs: Vec<(&str, u64)> = batch.iter().map(|job| (job.id.as_str(), job.token)).collect();
-        let client = &shared.client;
-        async move { scripts::complete_jobs(client, keys, &jobs).await }
+        scripts::complete_jobs(
+            &shared.client,
+            keys,
+            batch.iter().map(|job| (job.id.as_str(), job.token)),
+        )
     })
     .await;
     if let Some(reply) = reply {
