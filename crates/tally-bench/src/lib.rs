@@ -35,11 +35,6 @@ pub async fn queue(redis_url: Option<String>) -> anyhow::Result<serde_json::Valu
     Ok(report?)
 }
 
-/// A one-paragraph summary of a [`queue()`] report, for humans.
-pub fn queue_summary(report: &serde_json::Value) -> String {
-    queue::summary(report)
-}
-
 /// Runs the pipeline benchmark; `progress` sees the seeding, `log` gets a
 /// line per step.
 pub async fn pipeline(

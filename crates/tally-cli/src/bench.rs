@@ -23,7 +23,7 @@ async fn queue(cli: &Cli, use_redis_url: bool) -> anyhow::Result<()> {
         None
     };
     let report = tally_bench::queue(redis_url).await?;
-    eprintln!("{}", tally_bench::queue_summary(&report));
+    eprintln!("{}", tally_bench::queue::summary(&report));
     if cli.json {
         println!("{}", serde_json::to_string(&report)?);
     }

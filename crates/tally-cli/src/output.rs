@@ -20,7 +20,8 @@ pub fn styled(sgr: &str, text: &str) -> String {
 }
 
 /// The table style: the header underlined with dashes, columns two spaces
-/// apart (a space of padding and the empty column line), no borders (plain text that pastes anywhere and greps well).
+/// apart (a space of padding and the empty column line), no borders (plain
+/// text that pastes anywhere and greps well).
 const TABLE_STYLE: comfy_table::TableStyle =
     comfy_table::TableStyle::new().header_separator(comfy_table::LineStyle::none().fill('-').junction('-'));
 
@@ -83,18 +84,18 @@ impl Progress {
             if let Some((_, bar)) = current.take() {
                 bar.finish();
             }
-            let bar = if self.tty {
-                indicatif::ProgressBar::new(total)
+            let target = if self.tty {
+                indicatif::ProgressDrawTarget::stderr()
             } else {
-                indicatif::ProgressBar::hidden()
+                indicatif::ProgressDrawTarget::hidden()
             };
+            let bar = indicatif::ProgressBar::with_draw_target(Some(total), target);
             bar.set_style(
                 indicatif::ProgressStyle::with_template("[{bar:25}] {percent:>3}% {msg:<12} {pos}/{len}")
                     .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
                     .progress_chars("#>-"),
             );
             bar.set_message(stage.to_owned());
-            bar.set_length(total);
             *current = Some((stage.to_owned(), bar));
         }
         let Some((_, bar)) = current.as_ref() else { return };

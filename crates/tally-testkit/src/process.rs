@@ -97,13 +97,14 @@ pub fn last_lines(path: &Path, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-fn read_tail(path: &Path, bytes: u64) -> std::io::Result<String> {
+/// The last `limit` bytes of a file, as text.
+fn read_tail(path: &Path, limit: u64) -> std::io::Result<String> {
     let mut file = File::open(path)?;
     let len = file.metadata()?.len();
-    file.seek(SeekFrom::Start(len.saturating_sub(bytes)))?;
-    let mut bytes = Vec::new();
-    file.read_to_end(&mut bytes)?;
-    Ok(String::from_utf8_lossy(&bytes).into_owned())
+    file.seek(SeekFrom::Start(len.saturating_sub(limit)))?;
+    let mut tail = Vec::new();
+    file.read_to_end(&mut tail)?;
+    Ok(String::from_utf8_lossy(&tail).into_owned())
 }
 
 /// User and group ids a Postgres server runs as.
