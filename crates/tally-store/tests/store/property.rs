@@ -134,18 +134,10 @@ async fn published_views_equal_a_brute_force_recomputation() {
         }
         store.refresh_views(Scope::All).await.expect("final refresh");
 
+        // Every board and table, row for row (order, ranks and names).
         let raw = tally_oracle::load(&client).await.expect("raw rows");
-        for (board, expected) in tally_oracle::leaderboards(&raw) {
-            let competition = (board != tally_oracle::OVERALL).then_some(board);
-            let got = store.leaderboard(competition, 1_000_000, 0).await.expect("leaderboard");
-            assert_eq!(got, expected, "seed {seed}, board {board}, options {options:?}");
-        }
-        for (competition, expected) in tally_oracle::standings(&raw) {
-            let got = store.standings(competition).await.expect("standings");
-            assert_eq!(got, expected, "seed {seed}, competition {competition}");
-        }
         let checked = tally_oracle::compare(&store, &raw).await.expect("compare");
-        assert!(checked.is_ok(), "seed {seed}: {checked:?}");
+        assert!(checked.is_ok(), "seed {seed}, options {options:?}: {checked:?}");
         // Stored scoring agrees too: void exactly for postponed / cancelled.
         let bad: i64 = client
             .query_one(
