@@ -261,7 +261,7 @@ impl Stack {
     pub async fn metric(&mut self, instance: &str, name: &str, labels: &[(&str, &str)]) -> anyhow::Result<f64> {
         let addr = self.service(instance).addr;
         let text = tally_testkit::http::get(addr, "/metrics").await?.body;
-        Ok(metric_sum(&text, name, labels))
+        Ok(tally_testkit::prometheus::sum(&text, name, labels).unwrap_or(0.0))
     }
 
     /// Records the next matchday's results while a transaction of the test
@@ -407,26 +407,6 @@ impl Drop for Stack {
             let _ = std::fs::remove_dir_all(&self.log_dir);
         }
     }
-}
-
-/// The sum of every series of a Prometheus metric `name` whose labels
-/// include `labels`, in the text format `/metrics` serves.
-pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
-            let pairs: std::collections::HashMap<&str, &str> = rest
-                .trim_end_matches('}')
-                .split(',')
-                .filter_map(|p| p.split_once('='))
-                .map(|(k, v)| (k, v.trim_matches('"')))
-                .collect();
-            (metric == name && labels.iter().all(|(k, v)| pairs.get(k) == Some(v)))
-                .then(|| value.parse::<f64>().ok())?
-        })
-        .sum()
 }
 
 /// The cron secret the stack's gateway uses.

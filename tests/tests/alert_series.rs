@@ -10,9 +10,10 @@
 
 use std::{collections::BTreeSet, time::Duration};
 
-use tally_e2e::{Stack, StackOptions, metric_sum};
+use tally_e2e::{Stack, StackOptions};
 use tally_jobs::ScoreMatch;
 use tally_testkit::http::get;
+use tally_testkit::prometheus;
 
 /// Every `tally_…` metric name in a rules or dashboard file (recording-rule
 /// names, `tally:…`, are Prometheus's own and not looked for).
@@ -147,11 +148,12 @@ async fn every_series_the_alerts_and_the_dashboard_query_is_served_by_a_binary()
     // The heartbeats the "no worker" alerts watch, from the worker of each queue.
     let text = |name: &str| &texts.iter().find(|(n, _)| *n == name).expect(name).1;
     for (worker, queue) in [("scoring-worker", "scoring"), ("stats-worker", "stats")] {
-        let beat = metric_sum(
+        let beat = prometheus::sum(
             text(worker),
             "tally_worker_heartbeat_timestamp_seconds",
             &[("queue", queue)],
-        );
+        )
+        .unwrap_or(0.0);
         assert!(beat > 1.6e9, "{worker}'s heartbeat for {queue}: {beat}");
     }
     let scoring = text("scoring-worker");
@@ -161,7 +163,7 @@ async fn every_series_the_alerts_and_the_dashboard_query_is_served_by_a_binary()
         ("tally_jobs_retried_total", 1.0),
         ("tally_jobs_failed_total", 2.0),
     ] {
-        let n = metric_sum(scoring, name, &[("queue", "scoring")]);
+        let n = prometheus::sum(scoring, name, &[("queue", "scoring")]).unwrap_or(0.0);
         assert!(n >= at_least, "{name} = {n} on the scoring worker:\n{scoring}");
     }
     stack.stop_cleanly().await;

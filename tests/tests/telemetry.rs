@@ -5,7 +5,7 @@
 //! binaries really send.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashSet,
     time::{Duration, Instant},
 };
 
@@ -13,6 +13,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message as _;
 use tally_e2e::{SECRET, Stack, StackOptions, receivers::Recorder, score_for};
 use tally_testkit::http::{get, request};
+use tally_testkit::prometheus;
 
 /// One exported span, flattened.
 #[derive(Debug, Clone)]
@@ -329,21 +330,6 @@ async fn sentry_gets_one_event_for_a_dead_job_and_none_for_a_retried_success() {
     stack.stop_cleanly().await;
 }
 
-/// The value of the series `name{labels…}` in a Prometheus text page.
-fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    text.lines().filter(|l| !l.starts_with('#')).find_map(|line| {
-        let (series, value) = line.rsplit_once(' ')?;
-        let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
-        let pairs: HashMap<&str, &str> = rest
-            .trim_end_matches('}')
-            .split(',')
-            .filter_map(|p| p.split_once('='))
-            .map(|(k, v)| (k, v.trim_matches('"')))
-            .collect();
-        (metric == name && labels.iter().all(|(k, v)| pairs.get(k) == Some(v))).then(|| value.parse().ok())?
-    })
-}
-
 #[tokio::test]
 async fn metrics_of_each_service_match_the_work_done() {
     let mut stack = Stack::new(StackOptions::default()).await.expect("stack");
@@ -387,7 +373,7 @@ async fn metrics_of_each_service_match_the_work_done() {
         .expect("metrics")
         .body;
     assert_eq!(
-        metric(
+        prometheus::sum(
             &scoring,
             "tally_jobs_completed_total",
             &[("queue", "scoring"), ("kind", "score_match")]
@@ -396,17 +382,17 @@ async fn metrics_of_each_service_match_the_work_done() {
         "{scoring}"
     );
     assert_eq!(
-        metric(&scoring, "tally_job_duration_seconds_count", &[("kind", "score_match")]),
+        prometheus::sum(&scoring, "tally_job_duration_seconds_count", &[("kind", "score_match")]),
         Some(n),
         "{scoring}"
     );
     assert_eq!(
-        metric(&scoring, "tally_job_wait_seconds_count", &[("kind", "score_match")]),
+        prometheus::sum(&scoring, "tally_job_wait_seconds_count", &[("kind", "score_match")]),
         Some(n),
         "{scoring}"
     );
     assert_eq!(
-        metric(&scoring, "tally_jobs_dead_total", &[("kind", "score_match")]),
+        prometheus::sum(&scoring, "tally_jobs_dead_total", &[("kind", "score_match")]),
         None,
         "nothing died"
     );
@@ -416,18 +402,19 @@ async fn metrics_of_each_service_match_the_work_done() {
         .expect("metrics")
         .body;
     assert_eq!(
-        metric(&stats, "tally_jobs_completed_total", &[("kind", "calculate_points")]),
+        prometheus::sum(&stats, "tally_jobs_completed_total", &[("kind", "calculate_points")]),
         Some(n),
         "{stats}"
     );
-    let refreshes = metric(&stats, "tally_jobs_completed_total", &[("kind", "refresh_views")]).expect("refreshes");
+    let refreshes =
+        prometheus::sum(&stats, "tally_jobs_completed_total", &[("kind", "refresh_views")]).expect("refreshes");
     assert!(
         (1.0..=n + 1.0).contains(&refreshes),
         "refreshes coalesce: {refreshes} for {n} results + 1 cron call"
     );
     // Queue gauges are sampled every 5 s from the first moment on.
     assert!(
-        metric(
+        prometheus::sum(
             &stats,
             "tally_queue_ready_jobs",
             &[("queue", "stats"), ("priority", "normal")]
@@ -436,24 +423,24 @@ async fn metrics_of_each_service_match_the_work_done() {
         "{stats}"
     );
     assert!(
-        metric(&stats, "tally_queue_oldest_ready_age_seconds", &[("queue", "stats")]).is_some(),
+        prometheus::sum(&stats, "tally_queue_oldest_ready_age_seconds", &[("queue", "stats")]).is_some(),
         "{stats}"
     );
 
     let http = get(gateway, "/metrics").await.expect("metrics").body;
     let route = ("route", "/api/cron/update-stats");
     assert_eq!(
-        metric(&http, "tally_http_requests_total", &[route, ("status", "200")]),
+        prometheus::sum(&http, "tally_http_requests_total", &[route, ("status", "200")]),
         Some(1.0),
         "{http}"
     );
     assert_eq!(
-        metric(&http, "tally_http_requests_total", &[route, ("status", "401")]),
+        prometheus::sum(&http, "tally_http_requests_total", &[route, ("status", "401")]),
         Some(1.0),
         "{http}"
     );
     assert!(
-        metric(
+        prometheus::sum(
             &http,
             "tally_http_request_duration_seconds_count",
             &[route, ("status", "200")]

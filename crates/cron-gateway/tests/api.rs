@@ -6,6 +6,7 @@ use std::{net::SocketAddr, time::Duration};
 use cron_gateway::{Application, Settings, auth::CronSecret};
 use tally_queue::{QueueAdmin, QueueClient, QueueConfig};
 use tally_testkit::http::{HttpResponse, get, request};
+use tally_testkit::prometheus;
 use tokio::sync::oneshot;
 
 const SECRET: &str = "test-secret-0123456789";
@@ -197,14 +198,14 @@ async fn redis_down_is_503_and_not_ready_but_alive() {
 /// [`metrics_count_requests_by_route_and_status`] alone.
 const METRICS_CHILD: &str = "TALLY_GATEWAY_METRICS_CHILD";
 
-/// The value of the `tally_http_requests_total` series with these route and
-/// status labels, if served.
+/// The `tally_http_requests_total` count with these route and status labels
+/// (every method), if served.
 fn requests_total(text: &str, route: &str, status: &str) -> Option<f64> {
-    let (route, status) = (format!(r#"route="{route}""#), format!(r#"status="{status}""#));
-    text.lines()
-        .filter(|l| l.starts_with("tally_http_requests_total{") && l.contains(&route) && l.contains(&status))
-        .map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse().ok()).expect("a number"))
-        .next()
+    prometheus::sum(
+        text,
+        "tally_http_requests_total",
+        &[("route", route), ("status", status)],
+    )
 }
 
 #[tokio::test]
@@ -250,12 +251,11 @@ async fn metrics_count_requests_by_route_and_status() {
     assert_eq!(requests_total(text, route, "401"), Some(2.0), "{text}");
     assert_eq!(requests_total(text, route, "503"), None, "{text}");
     // The histogram counts the same requests.
-    let durations: u64 = text
-        .lines()
-        .filter(|l| l.starts_with("tally_http_request_duration_seconds_count{") && l.contains(route))
-        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<u64>().ok()))
-        .sum();
-    assert_eq!(durations, 3, "{text}");
+    assert_eq!(
+        prometheus::sum(text, "tally_http_request_duration_seconds_count", &[("route", route)]),
+        Some(3.0),
+        "{text}"
+    );
     gw.stop().await;
 }
 

@@ -57,6 +57,7 @@ mod binaries;
 pub mod http;
 mod postgres_server;
 mod process;
+pub mod prometheus;
 mod proxy;
 mod redis_cluster;
 mod redis_server;
