@@ -47,11 +47,12 @@ async function claim(producer: TallyProducer, queue: string, max: number): Promi
     k.part('wake'),
     k.stats,
     k.part('claim:test'),
+    k.part('control'),
   ];
   const reply = (await client.eval(CLAIM, keys.length, ...keys, `n:req-${claims}`, 60_000, max, max)) as unknown[];
   const out = [];
-  // The first element holds the acknowledgements (none here).
-  for (let i = 1; i + 6 <= reply.length; i += 6) {
+  // The first element holds the acknowledgements (none here), the second the throttled flag.
+  for (let i = 2; i + 6 <= reply.length; i += 6) {
     const envelope = JSON.parse(String(reply[i + 1])) as { id: string; payload: Record<string, unknown> };
     out.push(envelope);
   }

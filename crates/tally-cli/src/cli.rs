@@ -206,6 +206,51 @@ pub enum QueueCommand {
     /// The dead-letter set.
     #[command(subcommand)]
     Dead(DeadCommand),
+    /// Stop workers from claiming jobs of a queue (producers keep enqueuing,
+    /// running jobs finish); kept in Redis until `tally queue resume`.
+    Pause {
+        /// Queue.
+        #[arg(value_parser = crate::commands::QUEUES)]
+        queue: String,
+    },
+    /// Let workers claim from a paused queue again.
+    Resume {
+        /// Queue.
+        #[arg(value_parser = crate::commands::QUEUES)]
+        queue: String,
+    },
+    /// Cap the jobs of a queue in flight across every worker process, or
+    /// lift the cap with `none`.
+    Limit {
+        /// Queue.
+        #[arg(value_parser = crate::commands::QUEUES)]
+        queue: String,
+        /// Most jobs in flight (at least 1), or `none`.
+        #[arg(value_parser = limit_value)]
+        limit: LimitValue,
+    },
+    /// Live worker processes: host, pid, concurrency, jobs held, last heartbeat.
+    Workers {
+        /// Queues to show (default: scoring and stats).
+        #[arg(long = "queue", value_parser = crate::commands::QUEUES)]
+        queues: Vec<String>,
+    },
+}
+
+/// The value of `tally queue limit`: a number of jobs, or no limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LimitValue(pub Option<u64>);
+
+fn limit_value(s: &str) -> Result<LimitValue, String> {
+    if s.eq_ignore_ascii_case("none") {
+        return Ok(LimitValue(None));
+    }
+    match s.parse::<u64>() {
+        Ok(n) if n >= 1 => Ok(LimitValue(Some(n))),
+        _ => Err(format!(
+            "{s:?} is not a limit: give a whole number of jobs (at least 1), or `none` to lift the limit"
+        )),
+    }
 }
 
 /// `tally queue dead …`

@@ -14,7 +14,7 @@ use crate::cli::{Cli, Command, DeadCommand, EnqueueCommand, MAX_AGE_HOURS, Match
 use crate::output::{Progress, table};
 
 /// The queues the services consume.
-pub const QUEUES: [&str; 2] = [ScoreMatch::QUEUE, RefreshViews::QUEUE];
+pub use tally_jobs::QUEUES;
 
 /// Runs one command; a "not found" error says how to list what exists.
 pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
@@ -47,6 +47,12 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
         Command::Match(cmd) => match_command(&cli, cmd).await,
         Command::Queue(QueueCommand::Stats { queues }) => queue_stats(&cli, queues).await,
         Command::Queue(QueueCommand::Dead(cmd)) => dead(&cli, cmd).await,
+        Command::Queue(QueueCommand::Pause { queue }) => queue_control(&cli, queue, Control::Pause).await,
+        Command::Queue(QueueCommand::Resume { queue }) => queue_control(&cli, queue, Control::Resume).await,
+        Command::Queue(QueueCommand::Limit { queue, limit }) => {
+            queue_control(&cli, queue, Control::Limit(limit.0)).await
+        }
+        Command::Queue(QueueCommand::Workers { queues }) => workers(&cli, queues).await,
         Command::Enqueue(cmd) => enqueue(&cli, cmd).await,
         Command::Leaderboard(args) => {
             let rows = connect_store(&cli)
@@ -438,6 +444,99 @@ async fn match_command(cli: &Cli, cmd: &MatchCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A change to a queue's controls.
+#[derive(Debug, Clone, Copy)]
+enum Control {
+    Pause,
+    Resume,
+    Limit(Option<u64>),
+}
+
+/// How a queue's controls read in a table.
+fn control_text(paused: bool, limit: Option<u64>) -> String {
+    match (paused, limit) {
+        (false, None) => "running".into(),
+        (true, None) => "paused".into(),
+        (false, Some(n)) => format!("limit {n}"),
+        (true, Some(n)) => format!("paused, limit {n}"),
+    }
+}
+
+async fn queue_control(cli: &Cli, queue: &str, change: Control) -> anyhow::Result<()> {
+    let admin = QueueAdmin::new(connect_queue(cli).await?);
+    let control = match change {
+        Control::Pause => admin.pause(queue).await?,
+        Control::Resume => admin.resume(queue).await?,
+        Control::Limit(limit) => admin.set_limit(queue, limit).await?,
+    };
+    if cli.json {
+        let mut out = with_redis(cli, serde_json::to_value(control)?)?;
+        out["queue"] = queue.into();
+        return print_json(&out);
+    }
+    println!("{queue}: {}", control_text(control.paused, control.limit));
+    if matches!(change, Control::Pause) {
+        println!("workers stop claiming at their next claim; jobs already running finish");
+    }
+    Ok(())
+}
+
+async fn workers(cli: &Cli, queues: &[String]) -> anyhow::Result<()> {
+    let admin = QueueAdmin::new(connect_queue(cli).await?);
+    let names: Vec<String> = if queues.is_empty() {
+        QUEUES.map(String::from).to_vec()
+    } else {
+        queues.to_vec()
+    };
+    let mut all = Vec::new();
+    for name in &names {
+        all.extend(admin.workers(name).await?);
+    }
+    if cli.json {
+        return print_json(&with_redis(cli, json!({ "workers": all }))?);
+    }
+    if all.is_empty() {
+        println!("no live worker processes on {}", names.join(", "));
+        return Ok(());
+    }
+    let now = tally_queue::now_ms();
+    let age = |ms: u64| format!("{:.1}s", now.saturating_sub(ms) as f64 / 1000.0);
+    let rows: Vec<Vec<String>> = all
+        .iter()
+        .map(|w| {
+            vec![
+                w.queue.clone(),
+                w.host.clone(),
+                w.pid.to_string(),
+                w.program.clone(),
+                w.version.clone(),
+                w.concurrency.to_string(),
+                w.in_flight.to_string(),
+                age(w.started_at_ms),
+                age(w.heartbeat_at_ms),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table(
+            &[
+                "queue",
+                "host",
+                ">pid",
+                "program",
+                "version",
+                ">concurrency",
+                ">in flight",
+                ">up",
+                ">last beat"
+            ],
+            &rows
+        )
+    );
+    Ok(())
+}
+
 async fn queue_stats(cli: &Cli, queues: &[String]) -> anyhow::Result<()> {
     let admin = QueueAdmin::new(connect_queue(cli).await?);
     let names: Vec<String> = if queues.is_empty() {
@@ -461,6 +560,7 @@ async fn queue_stats(cli: &Cli, queues: &[String]) -> anyhow::Result<()> {
                 .map_or_else(|| "-".into(), |ms| format!("{:.1}s", ms as f64 / 1000.0)),
             s.counters.completed.to_string(),
             s.counters.retried.to_string(),
+            control_text(s.paused, s.limit),
         ]);
         all.insert(name.clone(), serde_json::to_value(&s)?);
     }
@@ -503,7 +603,8 @@ async fn queue_stats(cli: &Cli, queues: &[String]) -> anyhow::Result<()> {
                 ">dead",
                 ">oldest",
                 ">completed",
-                ">retried"
+                ">retried",
+                "control"
             ],
             &rows
         )

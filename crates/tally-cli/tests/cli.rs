@@ -873,3 +873,104 @@ async fn otel_sdk_disabled_keeps_the_cli_quiet() {
         assert!(!err.contains("telemetry"), "{off:?}: {err}");
     }
 }
+
+/// `tally queue pause|resume|limit|workers`: what each says, in both forms,
+/// and that a paused queue is really not claimed from by a running worker.
+#[tokio::test]
+async fn pause_resume_limit_and_workers_do_what_they_say() {
+    let redis = tally_testkit::redis().await;
+    let client = client(&redis);
+    let admin = QueueAdmin::new(client.clone());
+    let queue = ScoreMatch::QUEUE;
+
+    let out = tally(&redis, &["--json", "queue", "pause", queue]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let json: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("json");
+    assert_eq!(
+        (json["queue"].as_str(), json["paused"].as_bool()),
+        (Some(queue), Some(true)),
+        "{json}"
+    );
+    assert!(json["redis"].is_string(), "{json}");
+    assert!(admin.stats(queue).await.expect("stats").paused);
+
+    // A worker started while paused claims nothing; the table says paused.
+    let (tx, rx) = oneshot::channel::<()>();
+    let worker = Worker::builder(client.clone(), queue)
+        .concurrency(2)
+        .handle(|_job: ScoreMatch, _ctx: JobContext| async { Ok::<(), JobError>(()) })
+        .build()
+        .expect("build");
+    let running = tokio::spawn(worker.run_until(async move {
+        let _ = rx.await;
+    }));
+    Producer::new(client.clone())
+        .enqueue(&ScoreMatch { match_id: 7 })
+        .await
+        .expect("enqueue");
+    let out = tally(&redis, &["queue", "stats", "--queue", queue]);
+    assert!(stdout(&out).contains("paused"), "{}", stdout(&out));
+    // The worker shows in the registry (it has beaten at least once).
+    let mut listed = serde_json::Value::Null;
+    for _ in 0..500 {
+        let out = tally(&redis, &["--json", "queue", "workers", "--queue", queue]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        listed = serde_json::from_str(&stdout(&out)).expect("json");
+        if listed["workers"].as_array().is_some_and(|w| w.len() == 1) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(listed["workers"][0]["concurrency"], 2, "{listed}");
+    assert_eq!(listed["workers"][0]["pid"], std::process::id(), "{listed}");
+    let out = tally(&redis, &["queue", "workers"]);
+    assert!(
+        stdout(&out).contains(&std::process::id().to_string()),
+        "{}",
+        stdout(&out)
+    );
+    let stats = admin.stats(queue).await.expect("stats");
+    assert_eq!((stats.ready, stats.counters.completed), (1, 0), "{stats:?}");
+
+    let out = tally(&redis, &["queue", "limit", queue, "3"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("paused, limit 3"), "{}", stdout(&out));
+    let out = tally(&redis, &["queue", "resume", queue]);
+    assert!(stdout(&out).contains("limit 3"), "{}", stdout(&out));
+    for _ in 0..1000 {
+        if admin.stats(queue).await.expect("stats").counters.completed == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(admin.stats(queue).await.expect("stats").counters.completed, 1);
+    let out = tally(&redis, &["--json", "queue", "limit", queue, "none"]);
+    let json: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("json");
+    assert_eq!(
+        (json["paused"].as_bool(), json["limit"].is_null()),
+        (Some(false), true),
+        "{json}"
+    );
+
+    // Bad input is a usage error that touches nothing.
+    for args in [
+        ["queue", "limit", queue, "0"],
+        ["queue", "limit", queue, "lots"],
+        ["queue", "pause", "nosuch", ""],
+    ] {
+        let args: Vec<&str> = args.into_iter().filter(|a| !a.is_empty()).collect();
+        let out = tally(&redis, &args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+    }
+    assert_eq!(admin.control(queue).await.expect("control").limit, None);
+
+    let _ = tx.send(());
+    running.await.expect("join").expect("worker");
+    let out = tally(&redis, &["--json", "queue", "workers", "--queue", queue]);
+    let json: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("json");
+    assert_eq!(
+        json["workers"],
+        serde_json::json!([]),
+        "a stopped worker leaves the registry"
+    );
+}

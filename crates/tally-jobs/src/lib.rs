@@ -21,6 +21,10 @@ pub use envelope::{ENVELOPE_VERSION, Envelope, EnvelopeError, TraceContext};
 pub use football::{CalculatePoints, RefreshScope, RefreshViews, ScoreMatch};
 pub use policy::{Backoff, BackoffKind, JobPolicy, Priority};
 
+/// Every queue the job types of this crate go to: what the CLI, the
+/// operator console and the metrics list.
+pub const QUEUES: [&str; 2] = [ScoreMatch::QUEUE, RefreshViews::QUEUE];
+
 /// A job type: a payload plus where it goes and how it is retried.
 ///
 /// `KIND` and `QUEUE` are part of the wire contract: never rename them, add a

@@ -14,6 +14,8 @@
 -- KEYS[9] wake        list  wake markers
 -- KEYS[10] stats      hash  counters
 -- KEYS[11] claim record  string, this worker's last claim (ids and tokens)
+-- KEYS[12] control     hash  the queue's controls: paused ('1' while paused),
+--                      limit (most jobs in flight across every worker)
 -- ARGV[1] 'n:<request id>' for a new claim, 'r:<request id>' for a retry of
 --         a claim whose reply was lost (anything else: no record kept). A
 --         retry whose request id matches the record gets the recorded jobs
@@ -26,7 +28,8 @@
 --         worker lost while it only held them costs them no crash
 -- ARGV[5..] two per finished job to acknowledge first: id, token
 -- Returns: { ack statuses (1 completed, 0 stale token, 2 already finished;
---          one per finished job) }
+--          one per finished job), throttled (1 when the queue is paused or at
+--          its limit while ready jobs may be left, else 0) }
 --          followed by six per claimed job: id, envelope (nil when missing),
 --          attempt, crashes, errors, token. Fewer jobs than asked means the ready
 --          lists are empty; the wake list is then cleared in the same atomic
@@ -56,7 +59,7 @@ if mode == 'r' then
     -- The same claim again: its jobs, as the script recorded them.
     local first_token, packed = string.match(string.sub(rec, #request + 2), '^(%d+):(.*)$')
     local recorded = cmsgpack.unpack(packed)
-    local out = { acks }
+    local out = { acks, 0 }
     local expiry = tostring(now + lease_ms)
     for i, id in ipairs(recorded) do
       local tok = int(tonumber(first_token) + i)
@@ -71,7 +74,29 @@ if mode == 'r' then
   end
 end
 if max == 0 then
-  return { acks }
+  return { acks, 0 }
+end
+-- The queue's controls (`tally queue pause|limit`). A paused queue hands
+-- out nothing; a limit caps the jobs in flight across every worker: the
+-- leases, jobs claimed ahead included, and leases of a lost worker until
+-- the reaper takes them back, so the cap is never exceeded.
+local paused, limit = unpack(redis.call('HMGET', KEYS[12], 'paused', 'limit'))
+if paused == '1' then
+  return { acks, 1 }
+end
+local throttled = 0
+if limit then
+  local room = tonumber(limit) - redis.call('ZCARD', KEYS[6])
+  if room < max then
+    throttled = 1
+    if room <= 0 then
+      return { acks, 1 }
+    end
+    max = room
+    if start_now > room then
+      start_now = room
+    end
+  end
 end
 local ids = {}
 local prios = {}
@@ -90,10 +115,12 @@ for k = 1, 3 do
   end
 end
 if #ids < max then
+  -- The ready lists are empty: not throttled, just idle.
+  throttled = 0
   redis.call('DEL', KEYS[9])
 end
 if #ids == 0 then
-  return { acks }
+  return { acks, 0 }
 end
 
 local envs = call_unpacked('HMGET', KEYS[4], ids)
@@ -109,7 +136,7 @@ redis.call('SET', KEYS[7], int(first + #ids))
 local expiry = tostring(now + tonumber(ARGV[2]))
 local new_states = {}
 local leases = {}
-local out = { acks }
+local out = { acks, throttled }
 local HELD = { h = 'H', n = 'N', l = 'L' }
 for i, id in ipairs(ids) do
   local token = first + i

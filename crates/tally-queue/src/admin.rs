@@ -61,6 +61,24 @@ pub struct QueueStats {
     pub oldest_ready_age_ms: Option<u64>,
     /// Lifetime counters.
     pub counters: QueueCounters,
+    /// Whether workers are stopped from claiming (`QueueAdmin::pause`).
+    pub paused: bool,
+    /// Most jobs in flight across every worker, when limited
+    /// (`QueueAdmin::set_limit`).
+    pub limit: Option<u64>,
+}
+
+/// The operator's controls of one queue, as stored in its `control` hash and
+/// enforced by every claim (`lua/claim_jobs.lua`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QueueControl {
+    /// No worker claims while paused; producers still enqueue and running
+    /// jobs finish.
+    pub paused: bool,
+    /// Most jobs in flight (running or claimed ahead) across every worker
+    /// process; `None` for no limit.
+    pub limit: Option<u64>,
 }
 
 /// A job in the dead set.
@@ -85,6 +103,14 @@ pub struct DeadJob {
     pub envelope: Option<String>,
 }
 
+/// The controls from the fields of a `control` hash.
+fn parse_control(fields: &HashMap<String, String>) -> QueueControl {
+    QueueControl {
+        paused: fields.get("paused").is_some_and(|v| v == "1"),
+        limit: fields.get("limit").and_then(|v| v.parse().ok()),
+    }
+}
+
 /// Hash values as raw bytes, absent ones as `None`.
 type MaybeBytes = Vec<Option<Vec<u8>>>;
 
@@ -103,7 +129,7 @@ pub enum DeadSelector {
 /// Queue statistics and dead-set repair.
 #[derive(Debug, Clone)]
 pub struct QueueAdmin {
-    client: QueueClient,
+    pub(crate) client: QueueClient,
 }
 
 #[derive(serde::Deserialize)]
@@ -127,7 +153,7 @@ impl QueueAdmin {
         Self { client }
     }
 
-    fn keys(&self, queue: &str) -> Result<QueueKeys, QueueError> {
+    pub(crate) fn keys(&self, queue: &str) -> Result<QueueKeys, QueueError> {
         check_queue_name(queue)?;
         Ok(self.client.keys(queue))
     }
@@ -147,9 +173,10 @@ impl QueueAdmin {
             .hgetall(keys.stats())
             .lindex(&high, 0)
             .lindex(&normal, 0)
-            .lindex(&low, 0);
+            .lindex(&low, 0)
+            .hgetall(keys.control());
         #[expect(clippy::type_complexity, reason = "the shape of one pipeline reply")]
-        let (h, n, l, scheduled, in_flight, dead, counters, heads): (
+        let (h, n, l, scheduled, in_flight, dead, counters, heads, control): (
             u64,
             u64,
             u64,
@@ -158,8 +185,9 @@ impl QueueAdmin {
             u64,
             HashMap<String, u64>,
             (Option<String>, Option<String>, Option<String>),
+            HashMap<String, String>,
         ) = {
-            let (high_len, normal_len, low_len, scheduled, in_flight, dead, counters, high0, normal0, low0) =
+            let (high_len, normal_len, low_len, scheduled, in_flight, dead, counters, high0, normal0, low0, control) =
                 pipe.query_async(&mut conn).await?;
             (
                 high_len,
@@ -170,8 +198,10 @@ impl QueueAdmin {
                 dead,
                 counters,
                 (high0, normal0, low0),
+                control,
             )
         };
+        let control = parse_control(&control);
         let head_ids: Vec<String> = [heads.0, heads.1, heads.2].into_iter().flatten().collect();
         let mut oldest = None;
         if !head_ids.is_empty() {
@@ -208,7 +238,54 @@ impl QueueAdmin {
                 dead: counter("dead"),
                 recovered: counter("recovered"),
             },
+            paused: control.paused,
+            limit: control.limit,
         })
+    }
+
+    /// The controls of `queue` (running and unlimited unless set).
+    pub async fn control(&self, queue: &str) -> Result<QueueControl, QueueError> {
+        let keys = self.keys(queue)?;
+        let mut conn = self.client.conn();
+        let fields: HashMap<String, String> = conn.hgetall(keys.control()).await?;
+        Ok(parse_control(&fields))
+    }
+
+    /// Pauses `queue`: from the next claim on no worker takes a job from it
+    /// (jobs already claimed run to their end); producers keep enqueuing.
+    /// Stored in Redis, so it outlasts worker and Redis restarts (with
+    /// persistence). Returns the controls now in force.
+    pub async fn pause(&self, queue: &str) -> Result<QueueControl, QueueError> {
+        let keys = self.keys(queue)?;
+        let mut conn = self.client.conn();
+        let () = conn.hset(keys.control(), "paused", "1").await?;
+        self.control(queue).await
+    }
+
+    /// Resumes a paused `queue` (workers notice within `throttle_poll`).
+    pub async fn resume(&self, queue: &str) -> Result<QueueControl, QueueError> {
+        let keys = self.keys(queue)?;
+        let mut conn = self.client.conn();
+        let () = conn.hdel(keys.control(), "paused").await?;
+        self.control(queue).await
+    }
+
+    /// Sets the most jobs of `queue` in flight across every worker process
+    /// (`None` removes the limit). Claims check it atomically against the
+    /// queue's leases, so it holds from the next claim on; jobs already in
+    /// flight above a lowered limit run to their end.
+    pub async fn set_limit(&self, queue: &str, limit: Option<u64>) -> Result<QueueControl, QueueError> {
+        let keys = self.keys(queue)?;
+        let mut conn = self.client.conn();
+        match limit {
+            Some(n) => {
+                let () = conn.hset(keys.control(), "limit", n).await?;
+            }
+            None => {
+                let () = conn.hdel(keys.control(), "limit").await?;
+            }
+        }
+        self.control(queue).await
     }
 
     /// Length of one ready list (what KEDA reads).
@@ -375,7 +452,10 @@ impl QueueAdmin {
     pub async fn obliterate(&self, queue: &str) -> Result<(), QueueError> {
         let keys = self.keys(queue)?;
         let mut conn = self.client.conn();
-        let _: u64 = conn.del(keys.all()).await?;
+        let workers: Vec<String> = conn.smembers(keys.workers()).await?;
+        let mut doomed = keys.all();
+        doomed.extend(workers.iter().map(|id| keys.worker(id)));
+        let _: u64 = conn.del(doomed).await?;
         Ok(())
     }
 }

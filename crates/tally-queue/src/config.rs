@@ -25,6 +25,9 @@ pub struct QueueConfig {
     /// Longest an idle worker blocks on the wake list before claiming anyway
     /// (a safety net for producers that push no wake marker).
     pub idle_poll: Duration,
+    /// How often a worker whose queue is paused, or at its global
+    /// concurrency limit, asks again (`QueueAdmin::pause`, `set_limit`).
+    pub throttle_poll: Duration,
     /// Default per-job timeout when set; otherwise the job's policy decides.
     pub job_timeout: Option<Duration>,
     /// How long a graceful shutdown waits for running handlers before putting
@@ -58,6 +61,7 @@ impl Default for QueueConfig {
             reap_interval: Duration::from_secs(1),
             promote_max_sleep: Duration::from_secs(1),
             idle_poll: Duration::from_secs(5),
+            throttle_poll: Duration::from_millis(200),
             job_timeout: None,
             drain_timeout: Duration::from_secs(20),
             dead_max_count: 10_000,
@@ -97,7 +101,11 @@ impl QueueConfig {
         if self.heartbeat_interval() >= self.lease || self.heartbeat_interval().is_zero() {
             return bad("heartbeat must be shorter than the lease");
         }
-        if self.reap_interval.is_zero() || self.promote_max_sleep.is_zero() || self.idle_poll.is_zero() {
+        if self.reap_interval.is_zero()
+            || self.promote_max_sleep.is_zero()
+            || self.idle_poll.is_zero()
+            || self.throttle_poll.is_zero()
+        {
             return bad("intervals must be positive");
         }
         if self.max_envelope_bytes == 0 {

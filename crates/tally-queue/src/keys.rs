@@ -123,6 +123,24 @@ impl QueueKeys {
         self.part(&format!("claim:{worker}"))
     }
 
+    /// Hash of the queue's controls, set by operators and read by every
+    /// claim: `paused` (`1` while paused), `limit` (most jobs in flight
+    /// across every worker). Absent fields mean running, unlimited.
+    pub fn control(&self) -> String {
+        self.part("control")
+    }
+
+    /// Set of the ids of registered worker processes (see `registry.rs`).
+    pub fn workers(&self) -> String {
+        self.part("workers")
+    }
+
+    /// One worker process's registry entry (JSON, expiring unless its
+    /// process keeps beating). Listed by [`workers`](Self::workers).
+    pub fn worker(&self, id: &str) -> String {
+        self.part(&format!("worker:{id}"))
+    }
+
     /// Short-lived lock (`SET NX PX`) held by the worker running the reaper.
     pub fn reaper_lock(&self) -> String {
         self.part("reaper")
@@ -134,8 +152,10 @@ impl QueueKeys {
         self.part("due")
     }
 
-    /// Every key the queue may have; there are no per-job keys, so this list
-    /// is complete (used to delete a queue and to check for leftovers).
+    /// Every key the queue may have but the per-process registry entries
+    /// ([`worker`](Self::worker), listed in [`workers`](Self::workers) and
+    /// expiring on their own); there are no per-job keys, so this list is
+    /// otherwise complete (used to delete a queue and to check for leftovers).
     pub fn all(&self) -> Vec<String> {
         let mut keys = self.ready_all().to_vec();
         keys.extend([
@@ -150,6 +170,8 @@ impl QueueKeys {
             self.stats(),
             self.wake(),
             self.token(),
+            self.control(),
+            self.workers(),
             self.reaper_lock(),
         ]);
         keys

@@ -11,7 +11,8 @@
 //!   tokens, heartbeats, timeouts, retries with backoff, a dead set, and a
 //!   graceful drain ([`Worker::run_until`]); each worker process also runs the
 //!   promoter and takes turns at the reaper (`scheduler`).
-//! - [`QueueAdmin`] reads statistics and repairs the dead set.
+//! - [`QueueAdmin`] reads statistics, lists and inspects jobs, pauses and
+//!   limits a queue, lists live workers and repairs the dead set.
 //!
 //! The engine knows nothing of football: job types come from `tally-jobs`.
 
@@ -21,19 +22,23 @@ mod clock;
 mod config;
 mod error;
 mod events;
+mod inspect;
 mod keys;
 mod producer;
+mod registry;
 mod retry;
 mod scheduler;
 mod scripts;
 mod worker;
 
-pub use admin::{DeadJob, DeadSelector, QueueAdmin, QueueCounters, QueueStats, ReadyByPriority};
+pub use admin::{DeadJob, DeadSelector, QueueAdmin, QueueControl, QueueCounters, QueueStats, ReadyByPriority};
 pub use client::QueueClient;
 pub use clock::now_ms;
 pub use config::QueueConfig;
 pub use error::QueueError;
 pub use events::{JobEvent, JobEvents, NoEvents};
+pub use inspect::{JobDetail, JobPage, JobState, JobSummary, MAX_PAGE};
 pub use keys::QueueKeys;
 pub use producer::{Dedup, EnqueueOptions, Enqueued, Producer};
+pub use registry::WorkerInfo;
 pub use worker::{JobContext, JobError, Worker, WorkerBuilder, WorkerReport};

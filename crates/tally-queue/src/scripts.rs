@@ -114,6 +114,9 @@ pub(crate) struct Claimed {
 /// Reply of the claim script: acknowledgement statuses, then claimed jobs.
 pub(crate) struct ClaimReply {
     pub(crate) acks: Vec<i64>,
+    /// The queue is paused, or at its global limit with ready jobs left:
+    /// claim again after a pause, not when woken.
+    pub(crate) throttled: bool,
     pub(crate) jobs: Vec<Claimed>,
 }
 
@@ -144,6 +147,7 @@ pub(crate) async fn claim_jobs<'a>(
         .key(keys.wake())
         .key(keys.stats())
         .key(keys.claim_record(worker_id))
+        .key(keys.control())
         .arg(request.map_or_else(
             || "-".to_owned(),
             |(retry, id)| format!("{}:{}", if retry { 'r' } else { 'n' }, id),
@@ -162,6 +166,10 @@ pub(crate) async fn claim_jobs<'a>(
         return Err(QueueError::Protocol("empty claim reply".into()));
     };
     let acks: Vec<i64> = redis::from_redis_value(ack_statuses)?;
+    let Some(throttled) = values.next() else {
+        return Err(QueueError::Protocol("claim reply without its throttled flag".into()));
+    };
+    let throttled = redis::from_redis_value::<i64>(throttled)? == 1;
     let mut jobs = Vec::with_capacity(values.len() / 6);
     while let Some(id) = values.next() {
         let mut field = || {
@@ -190,7 +198,7 @@ pub(crate) async fn claim_jobs<'a>(
             held: jobs.len() >= start_now,
         });
     }
-    Ok(ClaimReply { acks, jobs })
+    Ok(ClaimReply { acks, throttled, jobs })
 }
 
 // ---- complete_jobs.lua ------------------------------------------------------

@@ -122,6 +122,9 @@ fn record_stats(queue: &str, stats: &tally_queue::QueueStats) {
     metrics::gauge!("tally_queue_scheduled_jobs", "queue" => q.clone()).set(stats.scheduled as f64);
     metrics::gauge!("tally_queue_in_flight_jobs", "queue" => q.clone()).set(stats.in_flight as f64);
     metrics::gauge!("tally_queue_dead_jobs", "queue" => q.clone()).set(stats.dead as f64);
+    metrics::gauge!("tally_queue_paused", "queue" => q.clone()).set(if stats.paused { 1.0 } else { 0.0 });
+    // 0: no limit (a limit is at least 1).
+    metrics::gauge!("tally_queue_concurrency_limit", "queue" => q.clone()).set(stats.limit.unwrap_or(0) as f64);
     metrics::gauge!("tally_queue_oldest_ready_age_seconds", "queue" => q)
         .set(stats.oldest_ready_age_ms.unwrap_or(0) as f64 / 1000.0);
 }

@@ -1,14 +1,16 @@
-//! The small tasks beside a worker's driver: the waker and the heartbeat.
+//! The small tasks beside a worker's driver: the waker, the heartbeat and
+//! the registry entry.
 
 use std::sync::{Arc, PoisonError};
 
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
+use tracing::{debug, warn};
 
 use super::runtime::{LeaseTable, Shared};
+use crate::clock::now_ms;
 use crate::retry::RetryBackoff;
-use crate::scripts;
+use crate::{registry, scripts};
 
 /// Blocks on the wake list while the driver has nothing to claim, and tells
 /// the driver when a marker (or the idle-poll timeout) arrives.
@@ -114,5 +116,31 @@ pub(super) async fn run_heartbeat(shared: Arc<Shared>, leases: LeaseTable, stop:
                 Err(err) => warn!(queue = %shared.queue, error = %err, "heartbeat failed"),
             }
         }
+    }
+}
+
+/// Keeps this process's entry in the registry of live workers (see
+/// `registry.rs`) every heartbeat period, with how many jobs it holds;
+/// removes it when the worker stops. A failed write is only logged: the
+/// registry is for operators, never a reason to stop working.
+pub(super) async fn run_registry(shared: Arc<Shared>, leases: LeaseTable, concurrency: usize, stop: CancellationToken) {
+    let config = shared.client.config().clone();
+    let ttl = registry::ttl(config.lease, config.heartbeat_interval());
+    let mut info = registry::starting(&shared.worker_id, &shared.queue, concurrency);
+    let mut tick = tokio::time::interval(config.heartbeat_interval());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        info.in_flight = u32::try_from(leases.lock().unwrap_or_else(PoisonError::into_inner).len()).unwrap_or(u32::MAX);
+        info.heartbeat_at_ms = now_ms();
+        if let Err(err) = registry::beat(&shared.client, &shared.keys, &info, ttl).await {
+            debug!(queue = %shared.queue, error = %err, "worker registry heartbeat failed");
+        }
+    }
+    if let Err(err) = registry::leave(&shared.client, &shared.keys, &shared.worker_id).await {
+        debug!(queue = %shared.queue, error = %err, "could not leave the worker registry; the entry expires on its own");
     }
 }

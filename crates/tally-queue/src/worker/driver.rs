@@ -95,6 +95,9 @@ impl Driver {
         let mut more = true;
         let mut was_woken = false;
         let mut retry_at: Option<tokio::time::Instant> = None;
+        // Whether `retry_at` waits out a pause or the queue's limit (not an
+        // error): a job of ours ending makes room, so claim at once then.
+        let mut throttled_wait = false;
         // When completions held back for a bigger batch must go anyway.
         let mut ack_by: Option<tokio::time::Instant> = None;
         let config = self.shared.client.config().clone();
@@ -178,6 +181,11 @@ impl Driver {
                         }
                     }
                     self.fill_slots();
+                    if throttled_wait {
+                        throttled_wait = false;
+                        retry_at = None;
+                        more = true;
+                    }
                 }
                 Some(done) = claims.next(), if !claims.is_empty() => {
                     asked_in_flight -= done.asked;
@@ -188,12 +196,19 @@ impl Driver {
                             report_acks(&self.shared, done.acks, reply.acks, false);
                             // A retry returns the jobs of the lost reply,
                             // not a fresh batch: look again at once.
-                            more = reply.jobs.len() == done.asked || done.request.retry;
+                            let throttled = reply.throttled && !done.request.retry;
+                            more = !throttled && (reply.jobs.len() == done.asked || done.request.retry);
                             for job in reply.jobs {
                                 self.accept(job);
                             }
                             self.fill_slots();
-                            if !more {
+                            if throttled {
+                                // Paused, or at the queue's global limit: the
+                                // wake list says nothing about either ending,
+                                // so look again after a pause.
+                                retry_at = Some(tokio::time::Instant::now() + config.throttle_poll);
+                                throttled_wait = true;
+                            } else if !more {
                                 // Ready lists were empty: block on the wake list.
                                 generation += 1;
                                 arm.send_replace(generation);
@@ -213,12 +228,14 @@ impl Driver {
                             let delay = backoff.next_delay();
                             warn!(queue = %self.shared.queue, error = %err, ?delay, "claim failed; backing off");
                             retry_at = Some(tokio::time::Instant::now() + delay);
+                            throttled_wait = false;
                         }
                     }
                 }
                 () = woken.notified(), if !more => was_woken = true,
                 () = tokio::time::sleep_until(retry_at.unwrap_or_else(tokio::time::Instant::now)), if retry_at.is_some() => {
                     retry_at = None;
+                    throttled_wait = false;
                     more = true;
                 }
                 () = tokio::time::sleep_until(ack_by.unwrap_or_else(tokio::time::Instant::now)), if ack_by.is_some() => {

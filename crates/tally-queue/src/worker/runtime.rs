@@ -27,7 +27,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use super::background::{run_heartbeat, run_waker};
+use super::background::{run_heartbeat, run_registry, run_waker};
 use super::driver::{Driver, Ewma};
 use super::{JobError, Worker};
 use crate::{JobEvents, QueueClient, QueueError, QueueKeys, scheduler};
@@ -140,6 +140,12 @@ impl Worker {
             background.spawn(scheduler::run_reaper(shared.clone(), stop.clone()));
         }
         background.spawn(run_heartbeat(shared.clone(), leases.clone(), stop.clone()));
+        background.spawn(run_registry(
+            shared.clone(),
+            leases.clone(),
+            self.concurrency,
+            stop.clone(),
+        ));
         let waker_stop = stop.child_token();
         background.spawn(run_waker(shared.clone(), arm_rx, woken.clone(), waker_stop.clone()));
         info!(queue = %self.queue, concurrency = self.concurrency, "worker started");
