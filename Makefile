@@ -43,8 +43,12 @@ demo: deps ## Play a whole matchday through the real services on private Redis a
 demo-up: deps ## Like demo, but keep Redis and PostgreSQL running and print the exports for the tally CLI
 	DEMO_KEEP=1 scripts/demo.sh
 
+.PHONY: demo-console
+demo-console: deps ## Like demo-up, then keep the services and the operator console running; prints its address and token
+	DEMO_CONSOLE=1 scripts/demo.sh
+
 .PHONY: demo-down
-demo-down: ## Stop the servers demo-up kept running
+demo-down: ## Stop the servers (and services) demo-up or demo-console kept running
 	scripts/demo.sh --down
 
 .PHONY: bench

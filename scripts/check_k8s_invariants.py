@@ -26,7 +26,15 @@ exit status is 1 when there is any.
   required ones are present; referenced ConfigMaps exist, and Secret keys too
   when the Secret is rendered;
 - every Deployment has a PodDisruptionBudget and the gateway a NetworkPolicy
-  admitting only the CronJob's pods and the monitoring namespace.
+  admitting only the CronJob's pods and the monitoring namespace, and one
+  limiting its egress to listed ports that include DNS, the Redis port and
+  the OTLP endpoint's port, and not PostgreSQL's (5432, or DATABASE_URL's
+  port when the Secret is rendered);
+- the operator console runs one replica (its sessions are per process), reads
+  ADMIN_TOKEN (and ADMIN_READ_TOKEN) from a Secret no other workload reads,
+  has a Service on its ADMIN_BIND_ADDR port, and a NetworkPolicy admitting
+  only the monitoring namespace and pods of other namespaces (an ingress
+  controller), never tally's own pods nor every pod of a namespace.
 
 Usage: check_k8s_invariants.py RENDERED.yaml [...]
 """
@@ -64,14 +72,25 @@ WORKER_ENV = COMMON_ENV | {
     "OUTBOX_BATCH",
     "OUTBOX_POLL_SECS",
 }
+# No DATABASE_URL: the gateway needs Redis only (the repair it asks for runs
+# in scoring-worker), so a manifest that still passes it fails here.
 GATEWAY_ENV = COMMON_ENV | {
     "CRON_SECRET",
     "BIND_ADDR",
     "SHUTDOWN_TIMEOUT_SECS",
     "MAX_BODY_BYTES",
-    "DATABASE_URL",
+    "REPAIR_ENABLED",
     "REPAIR_GRACE_SECS",
     "REPAIR_BATCH",
+}
+CONSOLE_ENV = COMMON_ENV | {
+    "ADMIN_TOKEN",
+    "ADMIN_READ_TOKEN",
+    "ADMIN_BIND_ADDR",
+    "ADMIN_PUBLIC_ORIGIN",
+    "ADMIN_SESSION_HOURS",
+    "ADMIN_SAMPLE_SECS",
+    "SHUTDOWN_TIMEOUT_SECS",
 }
 CLI_ENV = COMMON_ENV | {"DATABASE_URL"}
 
@@ -79,6 +98,7 @@ BINARIES = {
     "cron-gateway": {"env": GATEWAY_ENV, "required": {"REDIS_URL", "CRON_SECRET"}, "addr": ("BIND_ADDR", 8080), "shutdown": 10},
     "scoring-worker": {"env": WORKER_ENV, "required": {"REDIS_URL", "DATABASE_URL"}, "addr": ("HEALTH_ADDR", 9090), "shutdown": 25},
     "stats-worker": {"env": WORKER_ENV, "required": {"REDIS_URL", "DATABASE_URL"}, "addr": ("HEALTH_ADDR", 9090), "shutdown": 25},
+    "admin-console": {"env": CONSOLE_ENV, "required": {"REDIS_URL", "ADMIN_TOKEN"}, "addr": ("ADMIN_BIND_ADDR", 8081), "shutdown": 10},
     "tally": {"env": CLI_ENV, "required": {"DATABASE_URL"}, "addr": None, "shutdown": None},
 }
 
@@ -86,6 +106,9 @@ BINARIES = {
 EXTERNAL_IMAGES = {"curlimages/curl": {"CRON_SECRET"}}
 
 GATEWAY = "cron-gateway"
+CONSOLE = "admin-console"
+# The console's tokens: from a Secret, and one that no other workload reads.
+CONSOLE_TOKENS = ("ADMIN_TOKEN", "ADMIN_READ_TOKEN")
 CRON_PATH = "/api/cron/update-stats"
 STATS_WORKER = "stats-worker"
 PRIORITIES = ("high", "normal", "low")
@@ -471,6 +494,143 @@ def check_network_policy(manifests: Manifests, report: Report) -> None:
     report.check(cron_allowed, "NetworkPolicy", "no policy admits the CronJob's pods to the gateway")
 
 
+def secret_refs(container: dict) -> dict[str, set[str]]:
+    """Secret name -> env names a container reads from it (`*` for envFrom)."""
+    refs: dict[str, set[str]] = {}
+    for item in container.get("env") or []:
+        ref = (item.get("valueFrom") or {}).get("secretKeyRef")
+        if ref:
+            refs.setdefault(ref.get("name"), set()).add(item.get("name"))
+    for source in container.get("envFrom") or []:
+        if "secretRef" in source:
+            refs.setdefault(source["secretRef"].get("name"), set()).add("*")
+    return refs
+
+
+def check_console(manifests: Manifests, report: Report) -> None:
+    console = manifests.get("Deployment", CONSOLE)
+    if not report.check(console is not None, "Deployment/" + CONSOLE, "missing"):
+        return
+    where = label(console)
+    report.check(console.get("spec", {}).get("replicas", 1) == 1, where, "replicas must be 1: browser sessions are signed with a per-process key")
+    template = pod_template(console)
+    labels = template.get("metadata", {}).get("labels", {})
+    namespace = console.get("metadata", {}).get("namespace")
+    containers = template.get("spec", {}).get("containers") or []
+    token_secrets: set[str] = set()
+    for container in containers:
+        refs = secret_refs(container)
+        for token in CONSOLE_TOKENS:
+            from_secret = [name for name, keys in refs.items() if token in keys]
+            from_elsewhere = any(item.get("name") == token and not (item.get("valueFrom") or {}).get("secretKeyRef") for item in container.get("env") or [])
+            if token == "ADMIN_TOKEN" or from_secret or from_elsewhere:
+                report.check(bool(from_secret) and not from_elsewhere, where, f"{token} must come from a secretKeyRef, never a ConfigMap or a literal")
+            token_secrets.update(from_secret)
+        for source in container.get("envFrom") or []:
+            data = manifests.configmap_data((source.get("configMapRef") or {}).get("name", "")) or {}
+            for token in CONSOLE_TOKENS:
+                report.check(token not in data, where, f"{token} is in a ConfigMap; it must come from a Secret")
+    for obj in manifests.objects:
+        if obj is console or obj.get("kind") not in ("Deployment", "Job", "CronJob", "StatefulSet", "DaemonSet"):
+            continue
+        for container in pod_template(obj).get("spec", {}).get("containers") or []:
+            for name in secret_refs(container):
+                report.check(name not in token_secrets, label(obj), f"reads Secret {name!r}, which holds the console's tokens; give the console a Secret of its own")
+    # The Service routes to the console's port; the gateway's does not select it.
+    service = manifests.get("Service", CONSOLE)
+    if report.check(service is not None, "Service/" + CONSOLE, "missing"):
+        report.check(selects({"matchLabels": service.get("spec", {}).get("selector") or {}}, labels), label(service), "selector does not select the console pods")
+        ports = service.get("spec", {}).get("ports") or []
+        container = containers[0] if containers else {}
+        env = resolve_env(container, manifests, Report(), "")
+        bind = env.get("ADMIN_BIND_ADDR")
+        listen = port_of(bind) if bind else BINARIES[CONSOLE]["addr"][1]
+        targets = {container_port(container, p.get("targetPort", p.get("port"))) for p in ports}
+        report.check(targets == {listen}, label(service), f"targetPort resolves to {sorted(t for t in targets if t)}, but ADMIN_BIND_ADDR listens on {listen}")
+    gateway_service = manifests.get("Service", GATEWAY)
+    if gateway_service is not None:
+        report.check(not selects({"matchLabels": gateway_service.get("spec", {}).get("selector") or {}}, labels), label(gateway_service), "selects the console's pods: the console is never behind the gateway")
+    policies = [
+        p
+        for p in manifests.of_kind("NetworkPolicy")
+        if selects(p.get("spec", {}).get("podSelector"), labels) and "Ingress" in (p.get("spec", {}).get("policyTypes") or ["Ingress"])
+    ]
+    if not report.check(len(policies) >= 1, "NetworkPolicy", "no policy restricts ingress to the console"):
+        return
+    for policy in policies:
+        for rule in policy.get("spec", {}).get("ingress") or []:
+            peers = rule.get("from")
+            if not report.check(bool(peers), label(policy), "an ingress rule without `from` admits every pod"):
+                continue
+            for peer in peers:
+                pod_sel = peer.get("podSelector")
+                ns_sel = peer.get("namespaceSelector")
+                ns = ((ns_sel or {}).get("matchLabels") or {}).get("kubernetes.io/metadata.name")
+                if "ipBlock" in peer:
+                    report.failures.append(f"{label(policy)}: ipBlock peers are not allowed to reach the console")
+                elif ns_sel is not None and pod_sel is None:
+                    report.check(ns == MONITORING_NAMESPACE, label(policy), f"namespace peer {ns_sel} admits every pod of a namespace other than {MONITORING_NAMESPACE!r}")
+                elif ns_sel is not None and pod_sel is not None:
+                    report.check(bool(ns) and ns != namespace, label(policy), f"peer {peer} must name another namespace (the ingress controller's)")
+                    report.check(bool(pod_sel.get("matchLabels") or pod_sel.get("matchExpressions")), label(policy), f"peer {peer} admits every pod of its namespace")
+                else:
+                    report.failures.append(f"{label(policy)}: peer {peer} admits pods of tally's own namespace; only the ingress controller and monitoring may reach the console")
+
+
+def url_port(url: str | None, default: int) -> int:
+    """The port of `scheme://host:port/...`, `default` when it names none."""
+    if not url:
+        return default
+    try:
+        return urlsplit(url).port or default
+    except ValueError:
+        return default
+
+
+def secret_value(manifests: Manifests, name: str, key: str) -> str | None:
+    """A literal value of a rendered Secret (stringData only: data is base64)."""
+    obj = manifests.get("Secret", name)
+    return None if obj is None else (obj.get("stringData") or {}).get(key)
+
+
+def check_gateway_egress(manifests: Manifests, report: Report) -> None:
+    """The gateway reaches Redis, DNS and its telemetry, never PostgreSQL."""
+    gateway = manifests.get("Deployment", GATEWAY)
+    if gateway is None:
+        return
+    gateway_labels = pod_template(gateway).get("metadata", {}).get("labels", {})
+    policies = [
+        p
+        for p in manifests.of_kind("NetworkPolicy")
+        if selects(p.get("spec", {}).get("podSelector"), gateway_labels) and "Egress" in (p.get("spec", {}).get("policyTypes") or [])
+    ]
+    if not report.check(len(policies) >= 1, "NetworkPolicy", "no policy limits the gateway's egress (it needs Redis, DNS and telemetry only)"):
+        return
+    allowed: set[tuple[str, int]] = set()
+    for policy in policies:
+        for rule in policy.get("spec", {}).get("egress") or []:
+            ports = rule.get("ports")
+            if not report.check(bool(ports), label(policy), "an egress rule without `ports` admits every port, PostgreSQL's too"):
+                continue
+            for port in ports:
+                number = port.get("port")
+                if not report.check(isinstance(number, int) and "endPort" not in port, label(policy), f"egress port {port} must be one numbered port"):
+                    continue
+                allowed.add((port.get("protocol", "TCP"), number))
+    common = manifests.configmap_data("tally-common") or {}
+    needed = {
+        ("UDP", 53): "DNS",
+        ("TCP", url_port(secret_value(manifests, "tally-secrets", "REDIS_URL"), 6379)): "Redis (REDIS_URL)",
+    }
+    otlp = common.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+    if otlp:
+        needed[("TCP", url_port(otlp, 4318))] = "the OTLP endpoint (OTEL_EXPORTER_OTLP_ENDPOINT)"
+    for key, what in needed.items():
+        report.check(key in allowed, "NetworkPolicy", f"the gateway's egress does not admit {what} on {key[1]}/{key[0]}")
+    postgres = url_port(secret_value(manifests, "tally-secrets", "DATABASE_URL"), 5432)
+    report.check(("TCP", postgres) not in allowed, "NetworkPolicy", f"the gateway's egress admits PostgreSQL's port {postgres}; the gateway needs Redis only")
+
+
 def check_autoscaling(manifests: Manifests, report: Report) -> None:
     hpas = [h for h in manifests.of_kind("HorizontalPodAutoscaler") if h.get("spec", {}).get("scaleTargetRef", {}).get("name") == STATS_WORKER]
     scaled = [s for s in manifests.of_kind("ScaledObject") if s.get("spec", {}).get("scaleTargetRef", {}).get("name") == STATS_WORKER]
@@ -534,12 +694,14 @@ def check(objects: list[dict]) -> Report:
         report.check(manifests.configmap_data(name) is not None, f"ConfigMap/{name}", "missing")
     deployments = manifests.of_kind("Deployment")
     names = {name_of(d) for d in deployments}
-    for expected in ("cron-gateway", "scoring-worker", "stats-worker"):
+    for expected in ("cron-gateway", "scoring-worker", "stats-worker", CONSOLE):
         report.check(expected in names, f"Deployment/{expected}", "missing")
     for deployment in deployments:
         check_deployment(deployment, manifests, report)
     check_cronjob(manifests, report)
     check_network_policy(manifests, report)
+    check_gateway_egress(manifests, report)
+    check_console(manifests, report)
     check_autoscaling(manifests, report)
     check_migration(manifests, report)
     check_namespace(manifests, report)

@@ -13,6 +13,14 @@
 # reuses them and plays the next matchday), the script prints the
 # `export REDIS_URL=… DATABASE_URL=…` line for the tally CLI, and
 # `scripts/demo.sh --down` (`make demo-down`) stops them.
+#
+# DEMO_CONSOLE=1 (`make demo-console`) keeps the servers as DEMO_KEEP=1 does,
+# and after the matchday starts the services again (cron-gateway,
+# scoring-worker, stats-worker) with the operator console (admin-console),
+# all kept running in the background, and prints the dashboard's address and
+# its token (DEMO_CONSOLE_PORT, default 8081 when free). Their pids go to
+# .state/services.pids and their logs to .state/<name>.log; `make demo-down`
+# stops them first, then the servers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TALLY_SCRIPT=demo
@@ -24,7 +32,26 @@ cargo build --bins   # not --quiet: a cold build takes minutes, its progress sho
 
 state="$PWD/.state"
 mkdir -p "$state"
-if [ "${1:-}" = --down ]; then stop_kept_servers "$state"; exit 0; fi
+bin="${CARGO_TARGET_DIR:-target}/debug"
+[ "${DEMO_CONSOLE:-}" != 1 ] || DEMO_KEEP=1
+
+# stop_kept_services: stops the services a DEMO_CONSOLE run left running
+# (SIGTERM: they drain, then exit).
+stop_kept_services() {
+  [ -f "$state/services.pids" ] || return 0
+  local pid
+  while read -r pid; do kill -TERM "$pid" 2>/dev/null || true; done <"$state/services.pids"
+  while read -r pid; do
+    for _ in $(seq 300); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+  done <"$state/services.pids"
+  rm -f "$state/services.pids" "$state/console.env"
+  say "kept services and console stopped"
+}
+
+if [ "${1:-}" = --down ]; then stop_kept_services; stop_kept_servers "$state"; exit 0; fi
+# Services kept by an earlier DEMO_CONSOLE run would take this matchday's jobs.
+stop_kept_services
 trap 'status=$?; stop_started_servers; [ "$status" = 0 ] || say "demo failed (exit $status); logs are in $state"' EXIT
 
 alive() { [ -f "$state/servers.pids" ] && while read -r pid; do kill -0 "$pid" 2>/dev/null || return 1; done <"$state/servers.pids"; }
@@ -47,8 +74,50 @@ else
   fi
 fi
 
-"${CARGO_TARGET_DIR:-target}/debug/tally" demo "$@"
-if [ "${DEMO_KEEP:-}" = 1 ]; then
+"$bin/tally" demo "$@"
+
+# port_free PORT: whether 127.0.0.1:PORT can be bound now.
+port_free() { python3 -c 'import socket,sys; s=socket.socket(); s.bind(("127.0.0.1",int(sys.argv[1])))' "$1" 2>/dev/null; }
+# wait_ready NAME ADDR: polls http://ADDR/readyz until it answers 200.
+wait_ready() {
+  local name=$1 addr=$2
+  for _ in $(seq 200); do
+    python3 -c 'import sys,urllib.request; urllib.request.urlopen("http://"+sys.argv[1]+"/readyz", timeout=1)' "$addr" 2>/dev/null && return 0
+    sleep 0.1
+  done
+  say "$name did not become ready; the end of $state/$name.log:"
+  last_lines "$state/$name.log"
+  die "$name did not start, see $state/$name.log"
+}
+# keep_service NAME ADDR_VAR ADDR [VAR=VALUE...]: starts a service binary in its
+# own session, kept after this script ends.
+keep_service() {
+  local name=$1 addr_var=$2 addr=$3
+  shift 3
+  env "$@" "$addr_var=$addr" setsid "$bin/$name" </dev/null >"$state/$name.log" 2>&1 &
+  echo "$!" >>"$state/services.pids"
+  wait_ready "$name" "$addr"
+}
+
+if [ "${DEMO_CONSOLE:-}" = 1 ]; then
+  say "starting the services and the operator console (kept running)"
+  token=$(python3 -c 'import secrets; print("demo-" + secrets.token_hex(16))')
+  common=(REDIS_URL="$REDIS_URL" RUST_LOG="${RUST_LOG:-info}" "TALLY_QUEUE_PREFIX=${TALLY_QUEUE_PREFIX:-tally}")
+  keep_service cron-gateway BIND_ADDR "127.0.0.1:$(free_port)" "${common[@]}" \
+    CRON_SECRET="$(python3 -c 'import secrets; print(secrets.token_hex(16))')"
+  keep_service scoring-worker HEALTH_ADDR "127.0.0.1:$(free_port)" "${common[@]}" DATABASE_URL="$DATABASE_URL"
+  keep_service stats-worker HEALTH_ADDR "127.0.0.1:$(free_port)" "${common[@]}" DATABASE_URL="$DATABASE_URL"
+  port=${DEMO_CONSOLE_PORT:-8081}
+  port_free "$port" || port=$(free_port)
+  keep_service admin-console ADMIN_BIND_ADDR "127.0.0.1:$port" "${common[@]}" ADMIN_TOKEN="$token"
+  (umask 077; printf 'ADMIN_URL=http://127.0.0.1:%s/\nADMIN_TOKEN=%s\n' "$port" "$token" >"$state/console.env")
+  say "the operator console runs at http://127.0.0.1:$port/ (token also in $state/console.env):"
+  echo "  dashboard: http://127.0.0.1:$port/"
+  echo "  token:     $token"
+  echo "  API:       curl -H 'Authorization: Bearer $token' http://127.0.0.1:$port/api/v1/queues"
+  say "services, console and servers keep running; make demo-down stops them all. For the tally CLI:"
+  echo "export REDIS_URL=$REDIS_URL DATABASE_URL=$DATABASE_URL"
+elif [ "${DEMO_KEEP:-}" = 1 ]; then
   say "the servers keep running (make demo-down stops them); for the tally CLI:"
   echo "export REDIS_URL=$REDIS_URL DATABASE_URL=$DATABASE_URL"
 else

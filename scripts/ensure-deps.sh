@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Makes sure the servers the tests and the demo start for themselves are
 # installed: redis-server and PostgreSQL's server binaries (initdb, postgres),
-# and faketime (the clock-skew tests run workers on a shifted clock).
+# faketime (the clock-skew tests run workers on a shifted clock), and
+# Chromium with chromedriver (the operator console's browser test).
 # As root it installs the missing Debian packages; otherwise it names them and
 # stops. Idempotent and quiet when everything is there.
 set -euo pipefail
@@ -17,6 +18,10 @@ have_postgres() {
 }
 have_postgres || missing+=(postgresql)
 command -v faketime >/dev/null 2>&1 || missing+=(faketime)
+# The operator console's browser test drives Debian's headless Chromium
+# through chromedriver, at these paths (crates/admin-console/tests/browser.rs).
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+[ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
 
 # The test kit runs PostgreSQL as the `postgres` user when started as root.
 if [ "$(id -u)" = 0 ] && ! id postgres >/dev/null 2>&1; then

@@ -133,6 +133,48 @@ class InvariantsTest(unittest.TestCase):
         policy["spec"]["ingress"].append({"from": [{"namespaceSelector": {}}]})
         self.assert_fails(objects, "is not the 'monitoring' namespace")
 
+    def test_the_gateway_reaches_redis_never_postgres(self):
+        objects = copy.deepcopy(EXAMPLE)
+        container(objects, "Deployment", "cron-gateway")["env"].append(
+            {"name": "DATABASE_URL", "valueFrom": {"secretKeyRef": {"name": "tally-secrets", "key": "DATABASE_URL"}}}
+        )
+        self.assert_fails(objects, "env DATABASE_URL is not read by cron-gateway")
+        objects = copy.deepcopy(EXAMPLE)
+        find(objects, "NetworkPolicy", "cron-gateway-egress")["spec"]["egress"].append({"ports": [{"protocol": "TCP", "port": 5432}]})
+        self.assert_fails(objects, "admits PostgreSQL's port 5432")
+        objects = copy.deepcopy(EXAMPLE)
+        find(objects, "NetworkPolicy", "cron-gateway-egress")["spec"]["egress"].append({"to": [{"namespaceSelector": {}}]})
+        self.assert_fails(objects, "without `ports` admits every port")
+        objects = copy.deepcopy(EXAMPLE)
+        find(objects, "Secret", "tally-secrets")["stringData"]["REDIS_URL"] = "rediss://redis.example.com:6380"
+        self.assert_fails(objects, "does not admit Redis (REDIS_URL) on 6380/TCP")
+        objects = [o for o in copy.deepcopy(EXAMPLE) if not (o["kind"] == "NetworkPolicy" and o["metadata"]["name"] == "cron-gateway-egress")]
+        self.assert_fails(objects, "no policy limits the gateway's egress")
+
+
+    def test_console_tokens_replicas_and_policy_are_checked(self):
+        objects = copy.deepcopy(EXAMPLE)
+        console = container(objects, "Deployment", "admin-console")
+        console["env"] = [e for e in console["env"] if e["name"] != "ADMIN_TOKEN"] + [{"name": "ADMIN_TOKEN", "value": "in-the-manifest-0123456789"}]
+        self.assert_fails(objects, "ADMIN_TOKEN must come from a secretKeyRef")
+        objects = copy.deepcopy(EXAMPLE)
+        container(objects, "Deployment", "cron-gateway")["env"].append(
+            {"name": "CRON_SECRET_OLD", "valueFrom": {"secretKeyRef": {"name": "tally-admin-console", "key": "ADMIN_TOKEN"}}}
+        )
+        self.assert_fails(objects, "which holds the console's tokens")
+        objects = copy.deepcopy(EXAMPLE)
+        find(objects, "Deployment", "admin-console")["spec"]["replicas"] = 2
+        self.assert_fails(objects, "replicas must be 1")
+        objects = copy.deepcopy(EXAMPLE)
+        policy = find(objects, "NetworkPolicy", "admin-console-ingress")
+        policy["spec"]["ingress"].append({"from": [{"podSelector": {"matchLabels": {"app.kubernetes.io/part-of": "tally"}}}]})
+        self.assert_fails(objects, "admits pods of tally's own namespace")
+        objects = copy.deepcopy(EXAMPLE)
+        find(objects, "ConfigMap", "tally-admin-console")["data"]["ADMIN_BIND_ADDR"] = "0.0.0.0:9999"
+        self.assert_fails(objects, "ADMIN_BIND_ADDR listens on 9999")
+        objects = [o for o in copy.deepcopy(EXAMPLE) if o["kind"] != "NetworkPolicy" or o["metadata"]["name"] != "admin-console-ingress"]
+        self.assert_fails(objects, "no policy restricts ingress to the console")
+
 
 class OverlaysTest(unittest.TestCase):
     """What the overlays are meant to change, as kustomize renders them."""

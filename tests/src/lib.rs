@@ -17,7 +17,7 @@ use std::{
 };
 
 use tally_cli::{demo::Fixture, services::Service};
-use tally_jobs::{Job as _, RefreshViews, ScoreMatch};
+use tally_jobs::{Job as _, RefreshViews, RepairPipeline, ScoreMatch};
 use tally_queue::{Producer, QueueAdmin, QueueClient, QueueConfig};
 use tally_store::{Store, seed::SeedOptions};
 
@@ -148,7 +148,8 @@ impl Stack {
         })
     }
 
-    /// The environment every service gets.
+    /// The environment every service gets (the gateway all of it but
+    /// `DATABASE_URL`, which it does not read: [`Stack::start_with`]).
     pub fn env(&self) -> Vec<(String, String)> {
         let mut env = vec![
             ("REDIS_URL".to_owned(), self.redis_url.clone()),
@@ -174,6 +175,11 @@ impl Stack {
             "HEALTH_ADDR"
         };
         let mut env = self.env();
+        if binary == "cron-gateway" {
+            // As deployed: the gateway needs Redis only (it would warn that
+            // the setting is unused).
+            env.retain(|(k, _)| k != "DATABASE_URL");
+        }
         env.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
         let mut service = Service::start(binary, name, &env, addr_var, &self.log_dir)?;
         service.wait_ready(Duration::from_secs(30)).await?;
@@ -254,6 +260,32 @@ impl Stack {
             response.body
         );
         Ok(serde_json::from_str(&response.body)?)
+    }
+
+    /// Calls the cron endpoint of `gateway`, then waits until the
+    /// `RepairPipeline` job the call asked for has completed on the scoring
+    /// worker `worker`, and returns the answer with what the run found and
+    /// did, read from that worker's `tally_repair_*` metrics (their change
+    /// across the call; a worker restarted meanwhile would reset them).
+    pub async fn cron_and_repair(
+        &mut self,
+        gateway: &str,
+        worker: &str,
+    ) -> anyhow::Result<(serde_json::Value, RepairCounts)> {
+        let before = RepairMetrics::read(self, worker).await?;
+        let answer = self.cron(gateway).await?;
+        anyhow::ensure!(
+            answer["repair"]["jobId"].is_string(),
+            "the cron call asked for no repair: {answer}"
+        );
+        let addr = self.service(worker).addr;
+        self.wait_for("the repair job completed", Duration::from_secs(60), || async move {
+            let text = tally_testkit::http::get(addr, "/metrics").await?.body;
+            Ok(RepairMetrics::parse(&text).completed > before.completed)
+        })
+        .await?;
+        let after = RepairMetrics::read(self, worker).await?;
+        Ok((answer, after.since(&before)))
     }
 
     /// The instance's `/metrics`, summed over every series of `name` whose
@@ -378,6 +410,77 @@ impl Stack {
             }
         }
         out
+    }
+}
+
+/// What repair runs found and did, from a scoring worker's metrics (see
+/// [`Stack::cron_and_repair`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RepairCounts {
+    /// `RepairPipeline` jobs completed (runs that succeeded).
+    pub runs: u64,
+    /// Finished matches with unscored predictions (`missing="scoring"`).
+    pub unscored: u64,
+    /// Postponed or cancelled matches not voided (`missing="voiding"`).
+    pub unvoided: u64,
+    /// Scored matches whose points are not in the totals (`missing="points"`).
+    pub points_missing: u64,
+    /// Jobs the runs enqueued.
+    pub enqueued: u64,
+    /// Jobs the runs found still waiting from an earlier run.
+    pub already_queued: u64,
+    /// Matches the last run left for the next ones (a gauge).
+    pub remaining: u64,
+}
+
+/// The repair series of one `/metrics` text.
+#[derive(Debug, Clone, Copy, Default)]
+struct RepairMetrics {
+    completed: u64,
+    unscored: u64,
+    unvoided: u64,
+    points_missing: u64,
+    enqueued: u64,
+    already_queued: u64,
+    remaining: u64,
+}
+
+impl RepairMetrics {
+    async fn read(stack: &mut Stack, worker: &str) -> anyhow::Result<Self> {
+        let addr = stack.service(worker).addr;
+        Ok(Self::parse(&tally_testkit::http::get(addr, "/metrics").await?.body))
+    }
+
+    fn parse(text: &str) -> Self {
+        // Counters: whole numbers, exactly representable.
+        let n = |name: &str, labels: &[(&str, &str)]| {
+            tally_testkit::prometheus::sum(text, name, labels).unwrap_or(0.0) as u64
+        };
+        let found = |missing| n("tally_repair_found_total", &[("missing", missing)]);
+        Self {
+            completed: n(
+                "tally_jobs_completed_total",
+                &[("queue", RepairPipeline::QUEUE), ("kind", RepairPipeline::KIND)],
+            ),
+            unscored: found("scoring"),
+            unvoided: found("voiding"),
+            points_missing: found("points"),
+            enqueued: n("tally_repair_jobs_total", &[("outcome", "enqueued")]),
+            already_queued: n("tally_repair_jobs_total", &[("outcome", "already_queued")]),
+            remaining: n("tally_repair_remaining_matches", &[]),
+        }
+    }
+
+    fn since(&self, before: &Self) -> RepairCounts {
+        RepairCounts {
+            runs: self.completed - before.completed,
+            unscored: self.unscored - before.unscored,
+            unvoided: self.unvoided - before.unvoided,
+            points_missing: self.points_missing - before.points_missing,
+            enqueued: self.enqueued - before.enqueued,
+            already_queued: self.already_queued - before.already_queued,
+            remaining: self.remaining,
+        }
     }
 }
 

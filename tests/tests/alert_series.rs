@@ -4,7 +4,7 @@
 //! a real binary's `/metrics` once the events behind it happened. The test
 //! makes each happen through the running services (a job completed, one
 //! retried, one dead, a worker killed mid-job and its lease recovered, a
-//! result written behind tally's back and repaired by a cron call) and reads
+//! result written behind tally's back and repaired after a cron call) and reads
 //! the names from the two files, so a renamed metric or a new panel on a
 //! series nobody emits fails here.
 
@@ -95,7 +95,8 @@ async fn every_series_the_alerts_and_the_dashboard_query_is_served_by_a_binary()
 
     // One job dead (no such match: it gives up), one retried (the match is
     // not finished yet: retried in a minute), one result written straight
-    // into the database and found by the cron call's repair.
+    // into the database and found by the repair the cron call asks for
+    // (scoring-worker runs it and serves the `tally_repair_*` series).
     let next = stack.matchday().await.expect("matchday");
     assert!(next.len() >= 2, "{next:?}");
     stack
@@ -116,8 +117,11 @@ async fn every_series_the_alerts_and_the_dashboard_query_is_served_by_a_binary()
         )
         .await
         .expect("result written directly");
-    let answer = stack.cron("cron-gateway").await.expect("cron");
-    assert_eq!(answer["repair"]["unscored"], 1, "{answer}");
+    let (answer, repaired) = stack
+        .cron_and_repair("cron-gateway", "scoring-worker")
+        .await
+        .expect("cron call and repair");
+    assert_eq!(repaired.unscored, 1, "{answer} {repaired:?}");
 
     // Gauges are sampled every few seconds: wait until every name is served
     // (a hang guard; the failure names what is missing).

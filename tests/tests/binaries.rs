@@ -78,6 +78,17 @@ fn every_binary_has_help() {
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(text.contains("REDIS_URL") || binary == "tally", "{binary}: {text}");
     }
+    // The gateway names its repair settings and where the repair runs.
+    let text = String::from_utf8_lossy(&run("cron-gateway", &[], &["--help"]).stdout).into_owned();
+    for word in [
+        "REPAIR_ENABLED",
+        "REPAIR_GRACE_SECS",
+        "REPAIR_BATCH",
+        "scoring-worker",
+        "tally_repair_",
+    ] {
+        assert!(text.contains(word), "cron-gateway --help names {word}: {text}");
+    }
 }
 
 /// Like [`run`], but a binary still running after 10 s (it started the
@@ -188,6 +199,30 @@ async fn the_gateway_process_serves_the_cron_contract() {
     let log = stack.service("cron-gateway").log_tail(200);
     assert!(!log.contains(SECRET), "the secret must never reach the logs");
     stack.stop_cleanly().await;
+}
+
+#[tokio::test]
+async fn a_gateway_given_a_database_url_starts_says_once_that_it_is_unused_and_serves() {
+    let mut stack = Stack::new(StackOptions::default()).await.expect("stack");
+    let url = stack.database_url.clone();
+    stack
+        .start_with("cron-gateway", "cron-gateway", &[("DATABASE_URL", url.as_str())])
+        .await
+        .expect("gateway starts");
+    let answer = stack.cron("cron-gateway").await.expect("cron");
+    assert!(answer["repair"]["jobId"].is_string(), "{answer}");
+    stack.stop_cleanly().await;
+    let log = stack.service("cron-gateway").log_tail(1000);
+    let noisy: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+        .collect();
+    assert_eq!(noisy.len(), 1, "one warning:\n{log}");
+    assert!(
+        noisy[0].contains("DATABASE_URL") && noisy[0].contains("repair now runs in scoring-worker"),
+        "{}",
+        noisy[0]
+    );
 }
 
 #[tokio::test]

@@ -1,15 +1,17 @@
 //! Nothing falls between PostgreSQL and Redis, through the real binaries:
 //! a result written straight into the database with no job, Redis flushed
 //! in the middle of a matchday, a relay killed with SIGKILL between its push
-//! and its delete, two relays racing. Each ends with a cron call, after
-//! which every leaderboard and league table equals a recomputation from
-//! scratch, nothing is owed any more, and no job ran for work already done
+//! and its delete, two relays racing, the database away when the repair
+//! runs. The cron call asks for a repair (a `RepairPipeline` job, which
+//! scoring-worker runs); once it has run, every leaderboard and league
+//! table equals a recomputation from scratch, nothing is owed any more, a
+//! further repair finds nothing, and no job ran for work already done
 //! (beyond what the handlers' idempotence absorbs, which the counts show).
 
 use std::time::Duration;
 
-use tally_e2e::{Stack, StackOptions, score_for};
-use tally_jobs::{Job as _, RefreshScope, RefreshViews, ScoreMatch};
+use tally_e2e::{RepairCounts, Stack, StackOptions, score_for};
+use tally_jobs::{Job as _, RefreshScope, RefreshViews, RepairPipeline, ScoreMatch};
 use tally_worker::outbox::outbox_envelope;
 
 const SETTLE: Duration = Duration::from_secs(90);
@@ -17,8 +19,8 @@ const SETTLE: Duration = Duration::from_secs(90);
 const WRITERS: usize = 12;
 const ROWS_EACH: usize = 25;
 
-/// A stack whose gateway repairs without a grace period (the tests call it
-/// only once the work they started is done or lost).
+/// A stack whose gateway asks for repairs without a grace period (the tests
+/// call it only once the work they started is done or lost).
 async fn stack(options: StackOptions) -> Stack {
     let mut stack = Stack::new(StackOptions {
         users: 300,
@@ -31,25 +33,63 @@ async fn stack(options: StackOptions) -> Stack {
     stack
 }
 
-/// The cron answer's repair counts.
-fn counts(answer: &serde_json::Value) -> (u64, u64, u64, u64) {
-    let r = &answer["repair"];
-    let n = |k: &str| r[k].as_u64().unwrap_or_else(|| panic!("repair.{k} in {answer}"));
-    (n("unscored"), n("unvoided"), n("pointsMissing"), n("enqueued"))
+/// A cron call, and the repair it asked for run by scoring-worker: what
+/// the run found (one run).
+async fn cron_and_repair(stack: &mut Stack) -> RepairCounts {
+    let (answer, repaired) = stack
+        .cron_and_repair("cron-gateway", "scoring-worker")
+        .await
+        .expect("cron call and repair");
+    assert_eq!(answer["repair"]["deduplicated"], false, "a fresh repair: {answer}");
+    assert_eq!(repaired.runs, 1, "{repaired:?}");
+    repaired
 }
 
-/// Ends every test: settled and exact, nothing owed, and a further cron
-/// call finds nothing to repair.
-async fn settled_and_nothing_owed(stack: &mut Stack) {
+/// (unscored, unvoided, points missing, jobs enqueued) of a repair.
+fn counts(repaired: &RepairCounts) -> (u64, u64, u64, u64) {
+    (
+        repaired.unscored,
+        repaired.unvoided,
+        repaired.points_missing,
+        repaired.enqueued,
+    )
+}
+
+/// Settled and exact, nothing owed.
+async fn settled_and_nothing_owed(stack: &Stack) {
     stack.wait_settled(SETTLE).await.expect("settled and exact");
     assert_eq!(stack.pending_markers().await.expect("markers"), 0, "nothing owed");
-    let again = stack.cron("cron-gateway").await.expect("cron");
-    assert_eq!(counts(&again), (0, 0, 0, 0), "nothing left to repair: {again}");
-    assert_eq!(again["repair"]["remaining"], 0, "{again}");
+}
+
+/// Ends every test: a further cron call's repair finds nothing to repair.
+async fn nothing_left_to_repair(stack: &mut Stack) {
+    let again = cron_and_repair(stack).await;
+    assert_eq!(
+        again,
+        RepairCounts {
+            runs: 1,
+            ..RepairCounts::default()
+        },
+        "nothing left to repair"
+    );
 }
 
 async fn completed(stack: &Stack, queue: &str) -> u64 {
     stack.admin.stats(queue).await.expect("stats").counters.completed
+}
+
+/// `ScoreMatch` jobs the scoring worker completed since it (re)started.
+async fn score_matches_completed(stack: &mut Stack) -> u64 {
+    let n = stack
+        .metric(
+            "scoring-worker",
+            "tally_jobs_completed_total",
+            &[("queue", ScoreMatch::QUEUE), ("kind", ScoreMatch::KIND)],
+        )
+        .await
+        .expect("metrics");
+    // A counter: a whole number, exactly representable.
+    n as u64
 }
 
 #[tokio::test]
@@ -97,14 +137,16 @@ async fn results_written_straight_into_postgres_are_repaired_by_the_next_cron_ca
         0
     );
 
-    let answer = stack.cron("cron-gateway").await.expect("cron");
+    let repaired = cron_and_repair(&mut stack).await;
     let n = finished.len() as u64;
-    assert_eq!(counts(&answer), (n, 1, 0, n + 1), "{answer}");
-    settled_and_nothing_owed(&mut stack).await;
+    assert_eq!(counts(&repaired), (n, 1, 0, n + 1), "{repaired:?}");
+    assert_eq!(repaired.remaining, 0, "{repaired:?}");
+    settled_and_nothing_owed(&stack).await;
+    nothing_left_to_repair(&mut stack).await;
 
     // One ScoreMatch per match, no more; the cancelled match's predictions
     // are voided.
-    assert_eq!(completed(&stack, ScoreMatch::QUEUE).await, n + 1);
+    assert_eq!(score_matches_completed(&mut stack).await, n + 1);
     let unvoided: i64 = client
         .query_one(
             "SELECT count(*) FROM predictions WHERE match_id = $1 AND NOT voided",
@@ -191,12 +233,18 @@ async fn redis_flushed_in_the_middle_of_a_matchday_is_repaired_by_the_next_cron_
             .await
             .expect("ready");
     }
-    let answer = stack.cron("cron-gateway").await.expect("cron");
+    let repaired = cron_and_repair(&mut stack).await;
     let (unscored, points) = (queued_only.len() as u64, scored_only.len() as u64);
-    assert_eq!(counts(&answer), (unscored, 0, points, unscored + points), "{answer}");
-    settled_and_nothing_owed(&mut stack).await;
-    // Counters restarted with the flush: only the lost ScoreMatch ran again.
-    assert_eq!(completed(&stack, ScoreMatch::QUEUE).await, unscored);
+    assert_eq!(
+        counts(&repaired),
+        (unscored, 0, points, unscored + points),
+        "{repaired:?}"
+    );
+    settled_and_nothing_owed(&stack).await;
+    nothing_left_to_repair(&mut stack).await;
+    // Since the flush (and the worker's restart): only the lost ScoreMatch
+    // ran again.
+    assert_eq!(score_matches_completed(&mut stack).await, unscored);
     stack.stop_cleanly().await;
 }
 
@@ -289,13 +337,14 @@ async fn a_relay_killed_between_its_push_and_its_delete_makes_no_second_job() {
     stack.start("stats-worker", "stats-worker").await.expect("stats-worker");
     let (h, a) = score_for(second.id);
     stack.finish(second.id, h, a).await.expect("second result");
-    settled_and_nothing_owed(&mut stack).await;
+    settled_and_nothing_owed(&stack).await;
     let scoring = stack.admin.stats(ScoreMatch::QUEUE).await.expect("stats");
     assert_eq!(
         (scoring.counters.enqueued, scoring.counters.completed),
         (2, 2),
         "{scoring:?}"
     );
+    nothing_left_to_repair(&mut stack).await;
     stack.stop_cleanly().await;
 }
 
@@ -343,7 +392,7 @@ async fn two_relays_racing_relay_every_row_exactly_once() {
     }
     let rows = (WRITERS * ROWS_EACH + matchday.len()) as u64;
 
-    settled_and_nothing_owed(&mut stack).await;
+    settled_and_nothing_owed(&stack).await;
 
     let mut relayed = 0.0;
     let mut twice = 0.0;
@@ -369,5 +418,114 @@ async fn two_relays_racing_relay_every_row_exactly_once() {
     );
     let scoring = stack.admin.stats(ScoreMatch::QUEUE).await.expect("stats");
     assert_eq!(scoring.counters.completed, matchday.len() as u64, "{scoring:?}");
+    nothing_left_to_repair(&mut stack).await;
+    stack.stop_cleanly().await;
+}
+
+#[tokio::test]
+async fn without_its_database_the_cron_call_answers_200_and_the_repair_waits_for_it() {
+    let mut stack = stack(StackOptions {
+        own_postgres: true,
+        ..StackOptions::default()
+    })
+    .await;
+    stack
+        .start_services(&[
+            ("scoring-worker", "scoring-worker"),
+            ("stats-worker", "stats-worker"),
+            ("cron-gateway", "cron-gateway"),
+        ])
+        .await;
+    // A result written straight into the database, no job.
+    let matchday = stack.matchday().await.expect("matchday");
+    let lost = matchday[0].id;
+    let (h, a) = score_for(lost);
+    stack
+        .store
+        .pool()
+        .get()
+        .await
+        .expect("client")
+        .execute(
+            "UPDATE matches SET status = 'finished', home_score = $2, away_score = $3, finished_at = now()
+             WHERE id = $1",
+            &[&lost, &h, &a],
+        )
+        .await
+        .expect("result written directly");
+
+    // The database goes away; the gateway, which needs Redis only, still
+    // answers the cron call and asks for the repair.
+    stack.postgres.as_mut().expect("own postgres").stop().await;
+    let answer = stack.cron("cron-gateway").await.expect("the cron call answers 200");
+    let repair_id = answer["repair"]["jobId"].as_str().expect("a repair job").to_owned();
+    assert_eq!(answer["repair"]["deduplicated"], false, "{answer}");
+
+    // scoring-worker claims it and waits for the database inside the
+    // attempt: not done, not dead.
+    let worker = stack.service("scoring-worker").addr;
+    // A counter: a whole number, exactly representable.
+    let repairs_completed = async || {
+        let text = tally_testkit::http::get(worker, "/metrics").await?.body;
+        let n = tally_testkit::prometheus::sum(&text, "tally_jobs_completed_total", &[("kind", RepairPipeline::KIND)]);
+        anyhow::Ok(n.unwrap_or(0.0) as u64)
+    };
+    stack
+        .wait_for("the repair waits for the database", SETTLE, || async {
+            let log = stack
+                .services
+                .iter()
+                .find(|s| s.name == "scoring-worker")
+                .map(|s| s.log_tail(200));
+            let waiting = log.is_some_and(|l| {
+                l.lines().any(|l| {
+                    l.contains(r#"kind="repair_pipeline""#) && l.contains("database unavailable; waiting for it")
+                })
+            });
+            Ok(waiting && stack.admin.stats(RepairPipeline::QUEUE).await?.in_flight == 1)
+        })
+        .await
+        .expect("waiting");
+    assert_eq!(
+        repairs_completed().await.expect("metrics"),
+        0,
+        "not done without its database"
+    );
+    assert!(
+        stack
+            .admin
+            .dead_get(RepairPipeline::QUEUE, &repair_id)
+            .await
+            .expect("dead set")
+            .is_none(),
+        "not dead"
+    );
+
+    // Back: the same attempt (or a retry) completes the repair, which finds
+    // the lost result, and the result goes through.
+    stack
+        .postgres
+        .as_mut()
+        .expect("own postgres")
+        .start_again()
+        .await
+        .expect("postgres back");
+    stack
+        .wait_for("the repair completed", SETTLE, || async {
+            Ok(repairs_completed().await? >= 1)
+        })
+        .await
+        .expect("repaired once the database is back");
+    let found = stack
+        .metric("scoring-worker", "tally_repair_found_total", &[("missing", "scoring")])
+        .await
+        .expect("metrics");
+    assert_eq!(found as u64, 1, "the lost result was found");
+    settled_and_nothing_owed(&stack).await;
+    for queue in [ScoreMatch::QUEUE, RefreshViews::QUEUE] {
+        let stats = stack.admin.stats(queue).await.expect("stats");
+        assert_eq!((stats.dead, stats.counters.dead), (0, 0), "{queue}: {stats:?}");
+    }
+    nothing_left_to_repair(&mut stack).await;
     stack.stop_cleanly().await;
 }

@@ -5,10 +5,10 @@
  * order, so the bytes in Redis are the bytes the Rust producer would write.
  *
  * What the schemas cannot say is here, per kind, in {@link KIND_RULES}: the
- * dedup key a job type declares and the priority it takes from its payload
- * (Rust's `Job::dedup_key` and `Job::policy`). The table is typed by the
- * generated kinds, so a kind added to the Rust contract fails the build
- * until it has an entry.
+ * dedup key a job type declares, its default policy and the priority it
+ * takes from its payload (Rust's `Job::dedup_key` and `Job::policy`). The
+ * table is typed by the generated kinds, so a kind added to the Rust
+ * contract fails the build until it has an entry.
  *
  * @module
  */
@@ -38,18 +38,33 @@ export const DEFAULT_POLICY: Policy = {
   priority: 'normal',
 };
 
+/** The policy of `repair_pipeline` jobs (Rust's `RepairPipeline::POLICY`): five attempts from 5 s, capped at a minute, one-minute timeout. */
+export const REPAIR_POLICY: Policy = {
+  maxAttempts: 5,
+  backoff: { type: 'exponential', baseMs: 5000, maxMs: 60_000, jitter: false },
+  timeoutMs: 60_000,
+  priority: 'normal',
+};
+
 /** What each job type declares in Rust beyond its schema. */
 export const KIND_RULES: {
   readonly [K in Kind]: {
     /** `Job::dedup_key`: the key a job coalesces under by default. */
     readonly dedupKey: (payload: WirePayloadOf[K]) => string | undefined;
+    /** `Job::policy()` apart from its priority: attempts, backoff, timeout. */
+    readonly policy: Policy;
     /** `Job::policy().priority`. */
     readonly priority: (payload: WirePayloadOf[K]) => Priority;
   };
 } = {
-  score_match: { dedupKey: () => undefined, priority: () => DEFAULT_POLICY.priority },
-  calculate_points: { dedupKey: () => undefined, priority: (p) => p.priority },
-  refresh_views: { dedupKey: (p) => `refresh_views:${p.scope}`, priority: () => DEFAULT_POLICY.priority },
+  score_match: { dedupKey: () => undefined, policy: DEFAULT_POLICY, priority: () => DEFAULT_POLICY.priority },
+  calculate_points: { dedupKey: () => undefined, policy: DEFAULT_POLICY, priority: (p) => p.priority },
+  refresh_views: {
+    dedupKey: (p) => `refresh_views:${p.scope}`,
+    policy: DEFAULT_POLICY,
+    priority: () => DEFAULT_POLICY.priority,
+  },
+  repair_pipeline: { dedupKey: () => 'repair_pipeline', policy: REPAIR_POLICY, priority: () => REPAIR_POLICY.priority },
 };
 
 /** Per-enqueue choices that end up inside the envelope. */
@@ -108,12 +123,13 @@ export function buildEnvelope(job: Job, id: string, createdAtMs: number, options
   // Only now is the payload known to have its kind's shape.
   const rules = KIND_RULES[k] as {
     dedupKey: (p: unknown) => string | undefined;
+    policy: Policy;
     priority: (p: unknown) => Priority;
   };
   const policy: Policy = {
-    maxAttempts: options.maxAttempts ?? DEFAULT_POLICY.maxAttempts,
-    backoff: { ...DEFAULT_POLICY.backoff, ...definedOnly(options.backoff ?? {}) } as Backoff,
-    timeoutMs: options.timeoutMs ?? DEFAULT_POLICY.timeoutMs,
+    maxAttempts: options.maxAttempts ?? rules.policy.maxAttempts,
+    backoff: { ...rules.policy.backoff, ...definedOnly(options.backoff ?? {}) } as Backoff,
+    timeoutMs: options.timeoutMs ?? rules.policy.timeoutMs,
     priority: options.priority ?? rules.priority(payload),
   };
   let dedupKey = options.dedupKey === undefined ? rules.dedupKey(payload) : (options.dedupKey ?? undefined);

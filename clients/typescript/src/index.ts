@@ -15,7 +15,7 @@
  * @module
  */
 
-export { DEFAULT_POLICY, KIND_RULES, buildEnvelope, encodeEnvelope, type EnvelopeOptions } from './envelope.js';
+export { DEFAULT_POLICY, KIND_RULES, REPAIR_POLICY, buildEnvelope, encodeEnvelope, type EnvelopeOptions } from './envelope.js';
 export { TallyInputError } from './errors.js';
 export {
   ENVELOPE_VERSION,

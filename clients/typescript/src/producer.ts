@@ -109,6 +109,10 @@ export interface QueueStats {
   readonly oldestReadyAgeMs: number | null;
   /** Lifetime counters. */
   readonly counters: QueueCounters;
+  /** Whether an operator paused the queue (`tally queue pause`): jobs are accepted, none is claimed. */
+  readonly paused: boolean;
+  /** Most jobs in flight across every worker (`tally queue limit`), null when unlimited. */
+  readonly limit: number | null;
 }
 
 const PRIORITY_LETTER = { high: 'h', normal: 'n', low: 'l' } as const;
@@ -357,6 +361,7 @@ export class TallyProducer {
     for (const key of ready) pipeline.llen(key);
     pipeline.zcard(keys.scheduled).zcard(keys.leases).zcard(keys.dead).hgetall(keys.stats);
     for (const key of ready) pipeline.lindex(key, 0);
+    pipeline.hmget(keys.part('control'), 'paused', 'limit');
     const replies = (await pipeline.exec()) ?? [];
     const values = replies.map(([error, value]) => {
       if (error) throw error;
@@ -366,6 +371,7 @@ export class TallyProducer {
     const counters = (values[6] ?? {}) as Record<string, string>;
     const counter = (name: string): number => Number(counters[name] ?? 0);
     const heads = values.slice(7, 10).filter((v): v is string => typeof v === 'string');
+    const [paused, limit] = (values[10] ?? [null, null]) as [string | null, string | null];
     let oldestReadyAgeMs: number | null = null;
     if (heads.length > 0) {
       const envelopes = await this.redis.hmget(keys.jobs, ...heads);
@@ -398,6 +404,8 @@ export class TallyProducer {
         dead: counter('dead'),
         recovered: counter('recovered'),
       },
+      paused: paused === '1',
+      limit: limit === null ? null : Number(limit),
     };
   }
 }

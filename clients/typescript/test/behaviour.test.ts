@@ -231,6 +231,17 @@ test('beside the Rust producer: the same envelope and state, and dedup across th
   }
   assert.deepStrictEqual(all.scoring.scheduled, 1);
   assert.deepStrictEqual(all.stats.readyByPriority, { high: 1, normal: 2, low: 0 });
+
+  // A paused, limited queue reads the same way from both.
+  tally(['queue', 'pause', 'stats'], env);
+  tally(['queue', 'limit', 'stats', '4'], env);
+  const controlled = await producer.queueStats('stats');
+  assert.deepStrictEqual([controlled.paused, controlled.limit], [true, 4]);
+  const cliControlled = JSON.parse(tally(['--json', 'queue', 'stats', '--queue', 'stats'], env)) as { queues: { stats: { paused: boolean; limit: number | null } } };
+  assert.deepStrictEqual([cliControlled.queues.stats.paused, cliControlled.queues.stats.limit], [true, 4]);
+  tally(['queue', 'resume', 'stats'], env);
+  tally(['queue', 'limit', 'stats', 'none'], env);
+  assert.deepStrictEqual([(await producer.queueStats('stats')).paused, (await producer.queueStats('stats')).limit], [false, null]);
 });
 
 test('attempts, backoff and timeout overrides are written into the envelope, for one job and a batch', async () => {

@@ -11,7 +11,7 @@ import { after, before, test } from 'node:test';
 import { context, trace } from '@opentelemetry/api';
 import { AsyncLocalStorageContextManager } from '@opentelemetry/context-async-hooks';
 
-import { KINDS, TallyProducer, type Job } from '../src/index.js';
+import { KINDS, QUEUE_OF, TallyProducer, type Job } from '../src/index.js';
 import { startRedis, stopAll, type RedisServer } from './support/servers.js';
 import { golden } from './support/repo.js';
 
@@ -24,6 +24,7 @@ const EXAMPLES: Record<(typeof KINDS)[number], Job> = {
   score_match: { kind: 'score_match', payload: { matchId: 42 } },
   calculate_points: { kind: 'calculate_points', payload: { matchId: 42, priority: 'high' } },
   refresh_views: { kind: 'refresh_views', payload: { scope: 'all' } },
+  repair_pipeline: { kind: 'repair_pipeline', payload: { graceSecs: 120, batch: 200 } },
 };
 
 let redis: RedisServer;
@@ -37,7 +38,7 @@ after(async () => {
 
 async function written(producer: TallyProducer, job: Job, run: () => Promise<unknown>): Promise<string> {
   await run();
-  const queue = producer.keys(job.kind === 'score_match' ? 'scoring' : 'stats');
+  const queue = producer.keys(QUEUE_OF[job.kind]);
   const body = await redis.client().hget(queue.jobs, ID);
   assert.ok(body, `no envelope under ${queue.jobs} ${ID}`);
   return body;

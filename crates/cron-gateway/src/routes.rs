@@ -1,21 +1,20 @@
 //! The cron endpoint and its error contract.
 //!
 //! Every answer is JSON. Success: `{"success":true,"scope":…,"jobId":…,
-//! "deduplicated":…,"timestamp":…}`, plus `"repair":{…}` (what the
-//! repairing safety net found and enqueued, `crate::repair::
-//! RepairReport`) when the gateway has a database; failure:
+//! "deduplicated":…,"timestamp":…}`, plus `"repair":{"jobId":…,
+//! "deduplicated":…}` (the `RepairPipeline` job the call enqueued, or the
+//! waiting one it coalesced into) unless `REPAIR_ENABLED=off`; failure:
 //! `{"success":false,"error":…,"timestamp":…}` with 400 (bad scope), 401
 //! (missing or wrong secret), 404, 405, 413 (body too large) or 503 (Redis
-//! unreachable, or the repair could not reach the database). The secret is checked
-//! before anything else about the request is looked at, so an unauthenticated
-//! caller learns nothing but 401 (or 413 for an oversized body, which is
-//! refused before it is read).
+//! unreachable). The secret is checked before anything else about the
+//! request is looked at, so an unauthenticated caller learns nothing but
+//! 401 (or 413 for an oversized body, which is refused before it is read).
 
 use actix_web::{HttpRequest, HttpResponse, ResponseError, http::StatusCode, web};
 use futures::StreamExt;
 use serde_json::json;
-use tally_jobs::{RefreshScope, RefreshViews};
-use tally_queue::EnqueueOptions;
+use tally_jobs::{Job, RefreshScope, RefreshViews};
+use tally_queue::{EnqueueOptions, Enqueued, Producer};
 
 use crate::startup::AppState;
 
@@ -40,13 +39,10 @@ pub enum ApiError {
     /// The route exists, the method does not.
     #[error("method not allowed: use GET or POST")]
     MethodNotAllowed,
-    /// Redis cannot be reached, so nothing was enqueued.
+    /// Redis cannot be reached, so nothing (or not everything) was
+    /// enqueued; a retry is safe, both jobs are deduplicated.
     #[error("queue unavailable, nothing was enqueued; retry later")]
     Unavailable,
-    /// The repair could not read the database (or reach the queue) and did
-    /// not complete; whatever it enqueued stays, and a retry is safe.
-    #[error("repair did not complete ({0}); retry later")]
-    RepairUnavailable(String),
     /// Anything else; the details go to the log and Sentry, not to the caller.
     #[error("internal error")]
     Internal,
@@ -60,7 +56,7 @@ impl ResponseError for ApiError {
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::Unavailable | ApiError::RepairUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -107,7 +103,26 @@ async fn drain_body(mut payload: web::Payload, limit: usize) -> Result<(), ApiEr
     Ok(())
 }
 
-/// `GET`/`POST /api/cron/update-stats`: enqueue a deduplicated refresh.
+/// Enqueues `job` with the current trace, mapping a failure to the answer.
+async fn enqueue<J: Job>(producer: &Producer, job: &J) -> Result<Enqueued, ApiError> {
+    let options = EnqueueOptions {
+        trace: tally_service::observe::current_trace(),
+        ..EnqueueOptions::default()
+    };
+    producer.enqueue_with(job, options).await.map_err(|e| {
+        // A warning: the 5xx itself is reported once, by the request
+        // middleware; this line adds the cause (a breadcrumb in Sentry).
+        tracing::warn!(error = %e, kind = J::KIND, "cannot enqueue");
+        if e.is_unavailable() {
+            ApiError::Unavailable
+        } else {
+            ApiError::Internal
+        }
+    })
+}
+
+/// `GET`/`POST /api/cron/update-stats`: enqueue a deduplicated repair and a
+/// deduplicated refresh.
 pub async fn update_stats(
     req: HttpRequest,
     payload: web::Payload,
@@ -129,39 +144,17 @@ pub async fn update_stats(
     drain_body(payload, limit).await?;
     let scope = parse_scope(req.query_string())?;
 
-    // The safety net first: what it enqueues chains its own refresh, and
-    // the refresh below covers whatever else changed.
+    // The safety net first: scoring-worker runs it, and what it enqueues
+    // chains its own refresh; the refresh below covers whatever else changed.
     let repair = match &state.repair {
         None => None,
-        Some((store, settings)) => Some(crate::repair::repair(store, &state.producer, settings).await.map_err(
-            |e| {
-                if e.is_unavailable() {
-                    ApiError::RepairUnavailable(e.to_string())
-                } else {
-                    ApiError::Internal
-                }
-            },
-        )?),
+        Some(job) => {
+            let enqueued = enqueue(&state.producer, job).await?;
+            tracing::info!(job_id = %enqueued.id, deduplicated = enqueued.deduplicated, "repair requested");
+            Some(enqueued)
+        }
     };
-
-    let options = EnqueueOptions {
-        trace: tally_service::observe::current_trace(),
-        ..EnqueueOptions::default()
-    };
-    let enqueued = state
-        .producer
-        .enqueue_with(&RefreshViews { scope }, options)
-        .await
-        .map_err(|e| {
-            // A warning: the 5xx itself is reported once, by the request
-            // middleware; this line adds the cause (a breadcrumb in Sentry).
-            tracing::warn!(error = %e, "cannot enqueue RefreshViews");
-            if e.is_unavailable() {
-                ApiError::Unavailable
-            } else {
-                ApiError::Internal
-            }
-        })?;
+    let enqueued = enqueue(&state.producer, &RefreshViews { scope }).await?;
     tracing::info!(%scope, job_id = %enqueued.id, deduplicated = enqueued.deduplicated, "refresh requested");
     let mut body = json!({
         "success": true,
@@ -170,8 +163,8 @@ pub async fn update_stats(
         "deduplicated": enqueued.deduplicated,
         "timestamp": now_rfc3339(),
     });
-    if let Some(report) = repair {
-        body["repair"] = json!(report);
+    if let Some(repair) = repair {
+        body["repair"] = json!({ "jobId": repair.id, "deduplicated": repair.deduplicated });
     }
     Ok(HttpResponse::Ok().json(body))
 }

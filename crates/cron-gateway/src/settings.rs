@@ -2,7 +2,7 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use crate::repair::RepairSettings;
+use tally_jobs::RepairPipeline;
 use tally_service::{Env, REDIS_SCHEMES, SettingsError, redact_url};
 
 use crate::auth::CronSecret;
@@ -22,29 +22,13 @@ pub struct Settings {
     pub max_body_bytes: usize,
     /// `SHUTDOWN_TIMEOUT_SECS`: how long in-flight requests may finish after SIGTERM (default 10).
     pub shutdown_timeout: Duration,
-    /// `DATABASE_URL` (optional) with `REPAIR_GRACE_SECS` and `REPAIR_BATCH`:
-    /// with a database, every cron call also runs the repairing safety net
-    /// (`crate::repair`); without one, it only enqueues the refresh.
-    pub repair: Option<RepairConfig>,
-}
-
-/// The database the repair reads, and its bounds.
-#[derive(Clone)]
-pub struct RepairConfig {
-    /// `DATABASE_URL`.
-    pub database_url: String,
-    /// `REPAIR_GRACE_SECS`, `REPAIR_BATCH`.
-    pub settings: RepairSettings,
-}
-
-impl std::fmt::Debug for RepairConfig {
-    // The URL may hold a password.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RepairConfig")
-            .field("database_url", &redact_url(&self.database_url))
-            .field("settings", &self.settings)
-            .finish()
-    }
+    /// `REPAIR_ENABLED` (default on) with `REPAIR_GRACE_SECS` and
+    /// `REPAIR_BATCH`: the repair every cron call asks scoring-worker for
+    /// (a deduplicated `RepairPipeline` job); `None` when disabled.
+    pub repair: Option<RepairPipeline>,
+    /// Whether `DATABASE_URL` is set. The gateway no longer reads it (the
+    /// repair runs in scoring-worker) and says so once at start.
+    pub database_url_set: bool,
 }
 
 impl Settings {
@@ -66,29 +50,17 @@ impl Settings {
             queue_prefix: env.raw("TALLY_QUEUE_PREFIX").unwrap_or_else(|| "tally".into()),
             max_body_bytes: env.number("MAX_BODY_BYTES", 4096, 64, 1 << 20)? as usize,
             shutdown_timeout: env.seconds("SHUTDOWN_TIMEOUT_SECS", 10, 0, 600)?,
-            repair: match env.raw("DATABASE_URL") {
-                None => None,
-                Some(_) => Some(RepairConfig {
-                    database_url: env.url("DATABASE_URL", None, &["postgres://", "postgresql://"])?,
-                    settings: RepairSettings::from_env(env)?,
-                }),
-            },
+            repair: repair_from_env(env)?,
+            database_url_set: env.raw("DATABASE_URL").is_some(),
         };
         Ok(settings)
     }
 
     /// One line describing the configuration, safe to log.
     pub fn summary(&self) -> String {
-        let repair = self.repair.as_ref().map_or_else(
-            || "off (no DATABASE_URL)".to_owned(),
-            |r| {
-                format!(
-                    "database={} grace={}s batch={}",
-                    redact_url(&r.database_url),
-                    r.settings.grace.as_secs(),
-                    r.settings.batch
-                )
-            },
+        let repair = self.repair.map_or_else(
+            || "off (REPAIR_ENABLED=off)".to_owned(),
+            |r| format!("on (grace={}s batch={}, run by scoring-worker)", r.grace_secs, r.batch),
         );
         format!(
             "bind={} redis={} prefix={} max_body={}B repair={repair}",
@@ -100,9 +72,34 @@ impl Settings {
     }
 }
 
+/// `REPAIR_ENABLED`, `REPAIR_GRACE_SECS`, `REPAIR_BATCH`. The bounds are
+/// checked even when the repair is off, so turning it on later cannot
+/// reveal a bad value.
+fn repair_from_env(env: &Env) -> Result<Option<RepairPipeline>, SettingsError> {
+    let enabled = env.switch("REPAIR_ENABLED", true)?;
+    let defaults = RepairPipeline::default();
+    let repair = RepairPipeline {
+        grace_secs: env.number(
+            "REPAIR_GRACE_SECS",
+            defaults.grace_secs,
+            0,
+            RepairPipeline::MAX_GRACE_SECS,
+        )?,
+        batch: env.number(
+            "REPAIR_BATCH",
+            u64::from(defaults.batch),
+            1,
+            u64::from(RepairPipeline::MAX_BATCH),
+        )? as u32,
+    };
+    Ok(enabled.then_some(repair))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const SECRET: (&str, &str) = ("CRON_SECRET", "0123456789abcdef-secret");
 
     #[test]
     fn refuses_to_start_without_a_good_secret() {
@@ -116,36 +113,67 @@ mod tests {
     }
 
     #[test]
-    fn the_repair_needs_a_database_url_and_checks_its_bounds() {
-        let secret = ("CRON_SECRET", "0123456789abcdef-secret");
-        let s = Settings::from_env(&Env::from_pairs([secret])).expect("valid");
-        assert!(s.repair.is_none(), "no DATABASE_URL: no repair");
-        assert!(s.summary().contains("repair=off"), "{}", s.summary());
+    fn the_repair_is_on_by_default_and_checks_its_bounds() {
+        let s = Settings::from_env(&Env::from_pairs([SECRET])).expect("valid");
+        assert_eq!(s.repair, Some(RepairPipeline::default()));
+        assert_eq!(s.repair.map(|r| (r.grace_secs, r.batch)), Some((120, 200)));
+        assert!(
+            s.summary().contains("repair=on (grace=120s batch=200"),
+            "{}",
+            s.summary()
+        );
         let s = Settings::from_env(&Env::from_pairs([
-            secret,
-            ("DATABASE_URL", "postgres://tally:hunter2@db/tally"),
+            SECRET,
             ("REPAIR_BATCH", "50"),
+            ("REPAIR_GRACE_SECS", "0"),
         ]))
         .expect("valid");
-        let repair = s.repair.as_ref().expect("repair on");
-        assert_eq!((repair.settings.batch, repair.settings.grace.as_secs()), (50, 120));
-        let shown = format!("{s:?} {}", s.summary());
-        assert!(!shown.contains("hunter2"), "{shown}");
+        assert_eq!(s.repair.map(|r| (r.grace_secs, r.batch)), Some((0, 50)));
         for (name, value) in [
-            ("DATABASE_URL", "mysql://db"),
             ("REPAIR_BATCH", "0"),
+            ("REPAIR_BATCH", "10001"),
             ("REPAIR_GRACE_SECS", "soon"),
+            ("REPAIR_GRACE_SECS", "86401"),
+            ("REPAIR_ENABLED", "maybe"),
         ] {
-            let mut pairs = vec![secret, ("DATABASE_URL", "postgres://db/tally")];
-            pairs.push((name, value));
-            let err = Settings::from_env(&Env::from_pairs(pairs)).expect_err(value);
+            let err = Settings::from_env(&Env::from_pairs([SECRET, (name, value)])).expect_err(value);
             assert!(err.to_string().contains(name), "{err}");
         }
     }
 
     #[test]
+    fn repair_enabled_false_turns_it_off_but_still_checks_the_bounds() {
+        for off in ["false", "off", "0", "no", "FALSE"] {
+            let s = Settings::from_env(&Env::from_pairs([SECRET, ("REPAIR_ENABLED", off)])).expect(off);
+            assert_eq!(s.repair, None, "{off}");
+            assert!(s.summary().contains("repair=off"), "{}", s.summary());
+        }
+        let on = Settings::from_env(&Env::from_pairs([SECRET, ("REPAIR_ENABLED", "true")])).expect("on");
+        assert!(on.repair.is_some());
+        let err = Settings::from_env(&Env::from_pairs([
+            SECRET,
+            ("REPAIR_ENABLED", "false"),
+            ("REPAIR_BATCH", "0"),
+        ]))
+        .expect_err("bad batch");
+        assert!(err.to_string().contains("REPAIR_BATCH"), "{err}");
+    }
+
+    #[test]
+    fn a_database_url_is_noticed_but_neither_read_nor_shown() {
+        let s = Settings::from_env(&Env::from_pairs([SECRET])).expect("valid");
+        assert!(!s.database_url_set);
+        // Not even checked: any value starts the gateway.
+        let s = Settings::from_env(&Env::from_pairs([SECRET, ("DATABASE_URL", "mysql://tally:hunter2@db")]))
+            .expect("valid");
+        assert!(s.database_url_set);
+        let shown = format!("{s:?} {}", s.summary());
+        assert!(!shown.contains("hunter2") && !shown.contains("mysql"), "{shown}");
+    }
+
+    #[test]
     fn defaults_and_secret_redaction() {
-        let s = Settings::from_env(&Env::from_pairs([("CRON_SECRET", "0123456789abcdef-secret")])).expect("valid");
+        let s = Settings::from_env(&Env::from_pairs([SECRET])).expect("valid");
         assert_eq!(s.bind_addr.port(), 8080);
         assert_eq!(s.queue_prefix, "tally");
         let shown = format!("{s:?} {}", s.summary());

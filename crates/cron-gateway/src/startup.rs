@@ -1,10 +1,9 @@
-//! Building and running the gateway: connect the producer (and, with a
-//! `DATABASE_URL`, the repair's database, lazily), bind, serve until the
-//! shutdown future resolves, then drain in-flight requests.
+//! Building and running the gateway: connect the producer (Redis is the
+//! gateway's only dependency), bind, serve until the shutdown future
+//! resolves, then drain in-flight requests.
 
 use std::{future::Future, net::SocketAddr, time::Instant};
 
-use crate::repair::RepairSettings;
 use actix_web::{
     App, HttpServer,
     body::MessageBody,
@@ -13,9 +12,9 @@ use actix_web::{
     middleware::{Next, from_fn},
     web,
 };
+use tally_jobs::RepairPipeline;
 use tally_queue::{Producer, QueueClient, QueueConfig};
 use tally_service::ReadinessCheck;
-use tally_store::Store;
 use tracing::Instrument as _;
 
 use crate::{Settings, auth::CronSecret, routes};
@@ -23,20 +22,15 @@ use crate::{Settings, auth::CronSecret, routes};
 /// What every request handler can reach.
 #[derive(Debug)]
 pub struct AppState {
-    /// Enqueues `RefreshViews` (and the repair's jobs).
+    /// Enqueues `RefreshViews` and `RepairPipeline`.
     pub producer: Producer,
-    /// The database and bounds of the repairing safety net, when the
-    /// gateway has a `DATABASE_URL`.
-    pub repair: Option<(Store, RepairSettings)>,
+    /// The repair each cron call asks for, unless `REPAIR_ENABLED=off`.
+    pub repair: Option<RepairPipeline>,
     /// The configured cron secret.
     pub secret: CronSecret,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
 }
-
-/// Database connections of the repair: one cron call at a time is the
-/// norm (the CronJob forbids overlaps); a second one waits briefly.
-const REPAIR_POOL_SIZE: usize = 2;
 
 /// A bound, not yet running gateway.
 pub struct Application {
@@ -125,23 +119,19 @@ impl Application {
         if let Err(e) = client.ping().await {
             tracing::warn!(error = %e, "redis not reachable yet; answering 503 until it is");
         }
-        // Readiness stays Redis only: without the database the gateway still
-        // answers, and a cron call reports the repair it could not run (503).
         let checks = vec![ReadinessCheck::redis(client.clone())];
         let producer = Producer::new(client);
-        let repair = match &settings.repair {
-            None => {
-                tracing::warn!("no DATABASE_URL: cron calls refresh the views but do not repair lost work");
-                None
-            }
-            Some(config) => Some((
-                Store::connect_lazy(&config.database_url, REPAIR_POOL_SIZE)?,
-                config.settings,
-            )),
-        };
+        if settings.database_url_set {
+            // Deployments from before the repair moved still pass it; it is
+            // harmless, but whoever reads the log should know it is unused.
+            tracing::warn!(
+                "DATABASE_URL is set but no longer used: the repair now runs in scoring-worker \
+                 (the gateway enqueues a RepairPipeline job); remove it from the gateway's environment"
+            );
+        }
         let state = web::Data::new(AppState {
             producer,
-            repair,
+            repair: settings.repair,
             secret: settings.cron_secret.clone(),
             max_body_bytes: settings.max_body_bytes,
         });

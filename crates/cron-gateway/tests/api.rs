@@ -1,9 +1,12 @@
 //! The gateway's HTTP contract (docs/CONTRACTS.md), against a real server
-//! bound on a free port and a real Redis from the test kit.
+//! bound on a free port and a real Redis from the test kit: every status
+//! and shape, the refresh and the repair each call enqueues (deduplicated),
+//! and `REPAIR_ENABLED=off`.
 
 use std::{net::SocketAddr, time::Duration};
 
 use cron_gateway::{Application, Settings, auth::CronSecret};
+use tally_jobs::{Job as _, RepairPipeline};
 use tally_queue::{QueueAdmin, QueueClient, QueueConfig};
 use tally_testkit::http::{HttpResponse, get, request};
 use tally_testkit::prometheus;
@@ -35,9 +38,20 @@ impl Gateway {
     async fn stats_ready(&self) -> u64 {
         self.admin.stats("stats").await.expect("stats").ready
     }
+
+    /// `RepairPipeline` jobs: waiting, and ever enqueued.
+    async fn repairs(&self) -> (u64, u64) {
+        let scoring = self.admin.stats(RepairPipeline::QUEUE).await.expect("stats");
+        (scoring.ready, scoring.counters.enqueued)
+    }
 }
 
 async fn spawn_gateway(redis_url: &str, prefix: &str) -> Gateway {
+    spawn_gateway_with(redis_url, prefix, Some(RepairPipeline::default())).await
+}
+
+/// A gateway whose cron calls ask for `repair` (`None`: `REPAIR_ENABLED=off`).
+async fn spawn_gateway_with(redis_url: &str, prefix: &str, repair: Option<RepairPipeline>) -> Gateway {
     tally_telemetry::init_for_tests();
     let settings = Settings {
         bind_addr: "127.0.0.1:0".parse().expect("addr"),
@@ -46,7 +60,8 @@ async fn spawn_gateway(redis_url: &str, prefix: &str) -> Gateway {
         queue_prefix: prefix.to_owned(),
         max_body_bytes: 1024,
         shutdown_timeout: Duration::from_secs(1),
-        repair: None,
+        repair,
+        database_url_set: false,
     };
     let app = Application::build(settings).await.expect("gateway builds");
     let addr = app.addr();
@@ -128,6 +143,7 @@ async fn missing_or_wrong_secrets_get_401_and_enqueue_nothing() {
         401,
     );
     assert_eq!(gw.stats_ready().await, 0);
+    assert_eq!(gw.repairs().await, (0, 0), "no repair either");
     gw.stop().await;
 }
 
@@ -149,6 +165,7 @@ async fn bad_scope_404_405_and_413_are_json() {
         413,
     );
     assert_eq!(gw.stats_ready().await, 0, "refused requests enqueue nothing");
+    assert_eq!(gw.repairs().await, (0, 0), "refused requests enqueue nothing");
     gw.stop().await;
 }
 
@@ -161,6 +178,82 @@ async fn a_burst_of_calls_enqueues_a_single_refresh() {
     let fresh = responses.iter().filter(|r| r.json()["deduplicated"] == false).count();
     assert_eq!(fresh, 1, "exactly one call created the job, the others coalesced");
     assert_eq!(gw.stats_ready().await, 1);
+    let fresh_repairs = responses
+        .iter()
+        .filter(|r| r.json()["repair"]["deduplicated"] == false)
+        .count();
+    assert_eq!(fresh_repairs, 1, "one repair too");
+    assert_eq!(gw.repairs().await, (1, 1));
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn each_call_asks_for_one_repair_and_calls_close_together_coalesce() {
+    let redis = tally_testkit::redis().await;
+    let repair = RepairPipeline {
+        grace_secs: 30,
+        batch: 50,
+    };
+    let gw = spawn_gateway_with(&redis.url, &redis.namespace, Some(repair)).await;
+    let first = gw.call("POST", "/api/cron/update-stats", Some(SECRET), b"").await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    let body = first.json();
+    let object = body["repair"].as_object().expect("a repair object");
+    let mut keys: Vec<&str> = object.keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        ["deduplicated", "jobId"],
+        "the job reference only, no counts: {body}"
+    );
+    assert_eq!(body["repair"]["deduplicated"], false, "{body}");
+    let repair_id = body["repair"]["jobId"].as_str().expect("jobId").to_owned();
+    assert_ne!(body["jobId"], repair_id.as_str(), "two jobs: refresh and repair");
+    assert_eq!(gw.repairs().await, (1, 1), "exactly one RepairPipeline");
+
+    // The job carries the gateway's bounds, on the scoring queue, with the
+    // repair's policy.
+    let raw: Option<String> = {
+        use redis::AsyncCommands as _;
+        let client = QueueClient::new(&redis.url, QueueConfig::with_prefix(&redis.namespace)).expect("client");
+        let mut conn = redis.connection().await;
+        conn.hget(client.keys(RepairPipeline::QUEUE).jobs(), &repair_id)
+            .await
+            .expect("hget")
+    };
+    let envelope = tally_jobs::Envelope::decode(raw.expect("the job is stored").as_bytes()).expect("envelope");
+    assert_eq!(envelope.kind, RepairPipeline::KIND);
+    assert_eq!(envelope.payload_as::<RepairPipeline>().expect("payload"), repair);
+    assert_eq!(envelope.policy, RepairPipeline::POLICY);
+
+    // A second call while it waits coalesces into it.
+    let second = gw.call("GET", "/api/cron/update-stats", Some(SECRET), b"").await;
+    assert_eq!(second.status, 200, "{}", second.body);
+    assert_eq!(second.json()["repair"]["deduplicated"], true, "{}", second.body);
+    assert_eq!(second.json()["repair"]["jobId"], repair_id.as_str());
+    assert_eq!(gw.repairs().await, (1, 1), "still one RepairPipeline");
+
+    // Another scope is another refresh, but the same repair.
+    let standings = gw
+        .call("POST", "/api/cron/update-stats?scope=standings", Some(SECRET), b"")
+        .await;
+    assert_eq!(standings.json()["repair"]["jobId"], repair_id.as_str());
+    assert_eq!(gw.repairs().await, (1, 1));
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn with_the_repair_disabled_a_call_enqueues_the_refresh_only() {
+    let redis = tally_testkit::redis().await;
+    let gw = spawn_gateway_with(&redis.url, &redis.namespace, None).await;
+    let response = gw.call("POST", "/api/cron/update-stats", Some(SECRET), b"").await;
+    assert_eq!(response.status, 200, "{}", response.body);
+    let body = response.json();
+    assert_eq!(body["success"], true, "{body}");
+    assert!(body["jobId"].is_string(), "{body}");
+    assert!(body.get("repair").is_none(), "no repair object: {body}");
+    assert_eq!(gw.stats_ready().await, 1);
+    assert_eq!(gw.repairs().await, (0, 0), "no RepairPipeline");
     gw.stop().await;
 }
 

@@ -21,6 +21,7 @@ use std::{
 
 use cron_gateway::{Application, Settings, auth::CronSecret};
 use rand::{Rng, SeedableRng as _, rngs::StdRng, seq::IndexedRandom as _};
+use tally_jobs::{Job as _, RepairPipeline};
 use tally_queue::{QueueAdmin, QueueClient, QueueConfig};
 use tally_testkit::http::get;
 use tokio::{
@@ -485,7 +486,8 @@ async fn random_requests_never_panic_never_5xx_and_never_enqueue_without_the_sec
         queue_prefix: redis.namespace.clone(),
         max_body_bytes: MAX_BODY,
         shutdown_timeout: Duration::from_secs(1),
-        repair: None,
+        repair: Some(RepairPipeline::default()),
+        database_url_set: false,
     };
     let app = Application::build(settings).await.expect("gateway builds");
     let addr = app.addr();
@@ -502,6 +504,11 @@ async fn random_requests_never_panic_never_5xx_and_never_enqueue_without_the_sec
     assert_eq!(stats.counters.enqueued, 0, "FUZZ_SEED={seed}: {stats:?}");
     assert_eq!(stats.ready, 0, "FUZZ_SEED={seed}: {stats:?}");
     assert!(anonymous.job_ids.is_empty());
+    let repairs = admin.stats(RepairPipeline::QUEUE).await.expect("stats");
+    assert_eq!(
+        repairs.counters.enqueued, 0,
+        "FUZZ_SEED={seed}: no repair either: {repairs:?}"
+    );
 
     // Mixed in with the secret: every job enqueued was answered to a request
     // that carried it.

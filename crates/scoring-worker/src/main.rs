@@ -5,7 +5,8 @@
 async fn main() -> std::process::ExitCode {
     tally_worker::main(
         "scoring-worker",
-        "scores every prediction of a finished match (queue `scoring`), then enqueues CalculatePoints.",
+        "scores every prediction of a finished match (queue `scoring`), then enqueues CalculatePoints;
+runs the repair the cron gateway asks for (RepairPipeline): enqueues the work lost between PostgreSQL and Redis.",
         scoring_worker::QUEUE,
         scoring_worker::register,
     )

@@ -16,15 +16,16 @@
 //!    until the last is in Redis.
 //! 3. Repair throughput on a seeded database (`USERS`, `PREDICTIONS`, every
 //!    match of `COMPETITIONS` x `TEAMS` teams finished straight in SQL, no
-//!    job): cron-style repair calls of `BATCH` matches until nothing is
-//!    left, first with every prediction unscored (ScoreMatch enqueued), then
+//!    job): repair runs (`RepairPipeline`, as scoring-worker runs them) of
+//!    `BATCH` matches until nothing is left, first with every prediction
+//!    unscored (ScoreMatch enqueued), then
 //!    with every match scored but no points calculated (CalculatePoints
 //!    enqueued; the scan walks each match's predictions).
 
 use std::time::{Duration, Instant};
 
-use cron_gateway::repair::{RepairReport, RepairSettings, repair};
-use tally_jobs::{Priority, ScoreMatch};
+use scoring_worker::repair::{RepairReport, repair};
+use tally_jobs::{Priority, RepairPipeline, ScoreMatch};
 use tally_queue::{Producer, QueueClient, QueueConfig};
 use tally_store::Store;
 use tally_store::seed::SeedOptions;
@@ -155,9 +156,9 @@ async fn main() -> anyhow::Result<()> {
             &[],
         )
         .await?;
-    let settings = RepairSettings {
-        grace: Duration::ZERO,
-        batch: env_num("BATCH", 200) as usize,
+    let settings = RepairPipeline {
+        grace_secs: 0,
+        batch: env_num("BATCH", 200) as u32,
     };
     let unscored = repair_until_done(&seeded, &producer, &settings, "unscored").await?;
     let scoring = Instant::now();
@@ -182,7 +183,7 @@ async fn main() -> anyhow::Result<()> {
 async fn repair_until_done(
     store: &Store,
     producer: &Producer,
-    settings: &RepairSettings,
+    settings: &RepairPipeline,
     what: &str,
 ) -> anyhow::Result<f64> {
     let marked: i64 = store

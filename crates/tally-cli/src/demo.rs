@@ -81,8 +81,11 @@ pub async fn run(cli: &Cli, args: &DemoArgs) -> anyhow::Result<()> {
         ),
         ("SHUTDOWN_TIMEOUT_SECS".to_owned(), "10".into()),
     ];
+    // The gateway needs Redis only (the repair it asks for runs in
+    // scoring-worker).
+    let gateway_env: Vec<(String, String)> = env.iter().filter(|(k, _)| k != "DATABASE_URL").cloned().collect();
     let mut services = vec![
-        Service::start("cron-gateway", "cron-gateway", &env, "BIND_ADDR", &args.log_dir)?,
+        Service::start("cron-gateway", "cron-gateway", &gateway_env, "BIND_ADDR", &args.log_dir)?,
         Service::start("scoring-worker", "scoring-worker", &env, "HEALTH_ADDR", &args.log_dir)?,
     ];
     for i in 1..=args.stats_workers.max(1) {

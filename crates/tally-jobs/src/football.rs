@@ -1,11 +1,13 @@
 //! The football pipeline's jobs: score a match, recalculate points, refresh
 //! the leaderboards and standings. Each is a step of one causal chain: the
 //! handler of one enqueues the next only after its own work is committed.
+//! Beside the chain, [`RepairPipeline`] is its periodic maintenance: it finds
+//! the matches whose chain broke and enqueues the missing step.
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::{Job, JobPolicy, Priority};
+use crate::{Backoff, BackoffKind, Job, JobPolicy, Priority};
 
 /// Score every prediction of a completed match, then enqueue [`CalculatePoints`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -147,6 +149,120 @@ impl Job for RefreshViews {
     fn example() -> Self {
         RefreshViews {
             scope: RefreshScope::All,
+        }
+    }
+}
+
+/// Repair the pipeline: find the matches whose result never reached the
+/// totals and enqueue what each misses (`ScoreMatch` or `CalculatePoints`,
+/// under stable ids), at most `batch` matches, oldest first.
+///
+/// The cron gateway asks for one on every cron call; scoring-worker runs it
+/// (`scoring_worker::repair`). Deduplicated: while one repair waits, further
+/// requests coalesce into it. Running it twice is harmless: the jobs it
+/// enqueues have stable ids, and every handler is idempotent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RepairPipeline {
+    /// A match marked more recently than this many seconds is work in
+    /// flight, not lost, and is left alone (at most
+    /// [`RepairPipeline::MAX_GRACE_SECS`]).
+    #[serde(default = "RepairPipeline::default_grace_secs")]
+    pub grace_secs: u64,
+    /// At most this many matches are repaired by one run (1 to
+    /// [`RepairPipeline::MAX_BATCH`]); a larger backlog is worked off by the
+    /// next runs.
+    #[serde(default = "RepairPipeline::default_batch")]
+    pub batch: u32,
+}
+
+impl RepairPipeline {
+    /// The largest grace period a repair accepts: a day.
+    pub const MAX_GRACE_SECS: u64 = 86_400;
+    /// The largest batch a repair accepts.
+    pub const MAX_BATCH: u32 = 10_000;
+
+    /// The policy of every repair: a run is a bounded scan (a few hundred
+    /// milliseconds for a batch of 200), so a minute is plenty; five attempts
+    /// from 5 s ride out a short outage, and the next cron call asks again
+    /// after a longer one.
+    pub const POLICY: JobPolicy = JobPolicy {
+        max_attempts: 5,
+        backoff: Backoff {
+            kind: BackoffKind::Exponential,
+            base_ms: 5_000,
+            max_ms: 60_000,
+            jitter: false,
+        },
+        timeout_ms: 60_000,
+        priority: Priority::Normal,
+    };
+
+    /// The dedup key every repair shares.
+    pub const DEDUP_KEY: &'static str = "repair_pipeline";
+
+    const fn default_grace_secs() -> u64 {
+        120
+    }
+
+    const fn default_batch() -> u32 {
+        200
+    }
+
+    /// Why this repair cannot run, if its bounds are out of range (a
+    /// producer other than tally's can write anything the schema allows).
+    pub fn out_of_bounds(&self) -> Option<String> {
+        if self.grace_secs > Self::MAX_GRACE_SECS {
+            return Some(format!(
+                "graceSecs {} is above the maximum {}",
+                self.grace_secs,
+                Self::MAX_GRACE_SECS
+            ));
+        }
+        if self.batch == 0 || self.batch > Self::MAX_BATCH {
+            return Some(format!("batch {} is not within 1..={}", self.batch, Self::MAX_BATCH));
+        }
+        None
+    }
+}
+
+impl Default for RepairPipeline {
+    fn default() -> Self {
+        Self {
+            grace_secs: Self::default_grace_secs(),
+            batch: Self::default_batch(),
+        }
+    }
+}
+
+impl Job for RepairPipeline {
+    const KIND: &'static str = "repair_pipeline";
+    const QUEUE: &'static str = "scoring";
+
+    fn policy(&self) -> JobPolicy {
+        Self::POLICY
+    }
+
+    fn dedup_key(&self) -> Option<String> {
+        Some(Self::DEDUP_KEY.to_owned())
+    }
+
+    fn payload_schema() -> serde_json::Value {
+        json!({
+            "type": "object",
+            "properties": {
+                "graceSecs": { "type": "integer", "minimum": 0, "default": Self::default_grace_secs() },
+                "batch": { "type": "integer", "minimum": 1, "default": Self::default_batch() }
+            },
+            "required": [],
+            "additionalProperties": false
+        })
+    }
+
+    fn example() -> Self {
+        RepairPipeline {
+            grace_secs: 120,
+            batch: 200,
         }
     }
 }

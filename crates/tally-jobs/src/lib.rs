@@ -18,7 +18,7 @@ pub mod policy;
 pub mod schema;
 
 pub use envelope::{ENVELOPE_VERSION, Envelope, EnvelopeError, TraceContext};
-pub use football::{CalculatePoints, RefreshScope, RefreshViews, ScoreMatch};
+pub use football::{CalculatePoints, RefreshScope, RefreshViews, RepairPipeline, ScoreMatch};
 pub use policy::{Backoff, BackoffKind, JobPolicy, Priority};
 
 /// Every queue the job types of this crate go to: what the CLI, the

@@ -7,7 +7,7 @@
 
 use serde_json::{Value, json};
 
-use crate::{CalculatePoints, ENVELOPE_VERSION, Job, RefreshViews, ScoreMatch};
+use crate::{CalculatePoints, ENVELOPE_VERSION, Job, RefreshViews, RepairPipeline, ScoreMatch};
 
 /// The schema of a whole envelope carrying job type `J`.
 pub fn envelope_schema<J: Job>() -> Value {
@@ -71,5 +71,6 @@ pub fn all() -> Vec<(&'static str, Value)> {
         (ScoreMatch::KIND, envelope_schema::<ScoreMatch>()),
         (CalculatePoints::KIND, envelope_schema::<CalculatePoints>()),
         (RefreshViews::KIND, envelope_schema::<RefreshViews>()),
+        (RepairPipeline::KIND, envelope_schema::<RepairPipeline>()),
     ]
 }

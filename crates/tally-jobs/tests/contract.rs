@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 use tally_jobs::{
-    CalculatePoints, Envelope, EnvelopeError, Job, Priority, RefreshScope, RefreshViews, ScoreMatch, TraceContext,
-    schema,
+    CalculatePoints, Envelope, EnvelopeError, Job, Priority, RefreshScope, RefreshViews, RepairPipeline, ScoreMatch,
+    TraceContext, schema,
 };
 
 fn golden_dir() -> PathBuf {
@@ -72,6 +72,11 @@ fn golden_refresh_views() {
 }
 
 #[test]
+fn golden_repair_pipeline() {
+    check_golden::<RepairPipeline>();
+}
+
+#[test]
 fn every_job_round_trips_through_the_compact_encoding() {
     fn round_trip<J: Job + PartialEq + std::fmt::Debug>(job: &J) {
         let envelope = Envelope::new(job, "id-1", 7).expect("encodes");
@@ -86,6 +91,10 @@ fn every_job_round_trips_through_the_compact_encoding() {
     for scope in RefreshScope::ALL {
         round_trip(&RefreshViews { scope });
     }
+    round_trip(&RepairPipeline {
+        grace_secs: 0,
+        batch: RepairPipeline::MAX_BATCH,
+    });
 }
 
 #[test]
@@ -121,6 +130,63 @@ fn policies_and_dedup_keys_are_declared_by_the_job_types() {
             .queue,
         "scoring"
     );
+
+    // Repairs coalesce with each other whatever their bounds, on the
+    // scoring queue, with their own policy.
+    let repair = Envelope::new(&RepairPipeline::default(), "r", 0).expect("encodes");
+    assert_eq!(
+        (repair.queue.as_str(), repair.kind.as_str()),
+        ("scoring", "repair_pipeline")
+    );
+    assert_eq!(repair.dedup_key.as_deref(), Some("repair_pipeline"));
+    assert_eq!(
+        Envelope::new(
+            &RepairPipeline {
+                grace_secs: 0,
+                batch: 1
+            },
+            "s",
+            0
+        )
+        .expect("encodes")
+        .dedup_key,
+        repair.dedup_key
+    );
+    assert_eq!(
+        (
+            repair.policy.max_attempts,
+            repair.policy.timeout_ms,
+            repair.policy.backoff.max_ms
+        ),
+        (5, 60_000, 60_000)
+    );
+}
+
+#[test]
+fn a_repair_checks_its_bounds_and_defaults_them() {
+    let e = Envelope::decode(
+        br#"{"v":1,"id":"a","kind":"repair_pipeline","queue":"scoring","payload":{},
+             "policy":{"maxAttempts":5,"backoff":{"type":"exponential","baseMs":5000,"maxMs":60000},"timeoutMs":60000,"priority":"normal"},
+             "createdAtMs":1}"#,
+    )
+    .expect("minimal envelope decodes");
+    let repair = e.payload_as::<RepairPipeline>().expect("payload");
+    assert_eq!(repair, RepairPipeline::default());
+    assert_eq!((repair.grace_secs, repair.batch), (120, 200));
+    assert_eq!(repair.out_of_bounds(), None);
+    for (grace_secs, batch) in [
+        (0, 0),
+        (0, RepairPipeline::MAX_BATCH + 1),
+        (RepairPipeline::MAX_GRACE_SECS + 1, 1),
+    ] {
+        let bad = RepairPipeline { grace_secs, batch };
+        assert!(bad.out_of_bounds().is_some(), "{bad:?}");
+    }
+    let edges = RepairPipeline {
+        grace_secs: RepairPipeline::MAX_GRACE_SECS,
+        batch: RepairPipeline::MAX_BATCH,
+    };
+    assert_eq!(edges.out_of_bounds(), None);
 }
 
 #[test]
@@ -231,6 +297,7 @@ fn examples_and_golden_envelopes_validate_against_their_schemas() {
     check::<ScoreMatch>();
     check::<CalculatePoints>();
     check::<RefreshViews>();
+    check::<RepairPipeline>();
 }
 
 #[test]

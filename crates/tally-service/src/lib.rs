@@ -6,8 +6,9 @@
 //! `main` goes through [`startup::run`].
 //!
 //! No PostgreSQL here: the workers' bootstrap, which connects the store and
-//! runs the outbox relay, is `tally-worker`; the repair the cron call runs
-//! is the gateway's.
+//! runs the outbox relay, is `tally-worker`; the repair the cron call asks
+//! for runs in scoring-worker. So the gateway, which uses only this crate,
+//! links no Postgres client.
 
 pub mod args;
 pub mod health;

@@ -15,7 +15,8 @@
 //!   [`clear_stale`] removes it.
 //!
 //! Enqueueing the jobs is the caller's (this crate knows nothing of Redis):
-//! `cron_gateway::repair`. Every job involved is idempotent, so a repair of
+//! `scoring_worker::repair`, run by the `RepairPipeline` job the cron
+//! gateway enqueues. Every job involved is idempotent, so a repair of
 //! work that was in fact only slow changes nothing.
 
 use serde::Serialize;

@@ -12,10 +12,12 @@ use std::path::{Path, PathBuf};
 use anyhow::{Result, anyhow};
 
 /// Where Debian installs one directory per PostgreSQL major version.
+#[cfg(feature = "postgres")]
 const DEBIAN_POSTGRES_ROOT: &str = "/usr/lib/postgresql";
 
 /// The two PostgreSQL programs the kit runs, always from one directory so
 /// their versions match.
+#[cfg(feature = "postgres")]
 #[derive(Debug, Clone)]
 pub(crate) struct PostgresBinaries {
     /// Creates a data directory.
@@ -59,6 +61,7 @@ pub fn faketime() -> Result<PathBuf> {
 /// `initdb` and `postgres` from the first directory that has both: the
 /// directory of a `postgres` or `initdb` found on `PATH` (symlinks resolved),
 /// else the highest version under `/usr/lib/postgresql/*/bin`.
+#[cfg(feature = "postgres")]
 pub(crate) fn postgres() -> Result<PostgresBinaries> {
     let mut dirs: Vec<PathBuf> = ["postgres", "initdb"]
         .iter()
@@ -83,6 +86,7 @@ pub(crate) fn postgres() -> Result<PostgresBinaries> {
 }
 
 /// `/usr/lib/postgresql/<version>/bin`, highest version first.
+#[cfg(feature = "postgres")]
 fn debian_postgres_dirs() -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(DEBIAN_POSTGRES_ROOT) else {
         return Vec::new();

@@ -50,11 +50,19 @@
 //! Modules: `binaries` finds the server programs, `scratch` owns temporary
 //! directories and their watchdogs, `process` holds the process plumbing
 //! shared by both servers, `redis_server` and `postgres_server` are the
-//! dedicated servers, and `shared` the per-process shared servers and per-test
-//! handles.
+//! dedicated servers, `shared` the per-process shared Redis and per-test
+//! namespaces, `databases` the shared PostgreSQL and per-test databases.
+//!
+//! Everything PostgreSQL is behind the `postgres` feature (on by default):
+//! a crate whose tests need Redis only (the gateway, which must link no
+//! Postgres client, dev-dependencies included) depends on the kit with
+//! `default-features = false`.
 
 mod binaries;
+#[cfg(feature = "postgres")]
+mod databases;
 pub mod http;
+#[cfg(feature = "postgres")]
 mod postgres_server;
 mod process;
 pub mod prometheus;
@@ -65,9 +73,12 @@ mod scratch;
 mod shared;
 
 pub use binaries::faketime;
+#[cfg(feature = "postgres")]
+pub use databases::{TestDatabase, database, database_from_template};
+#[cfg(feature = "postgres")]
 pub use postgres_server::PostgresServer;
 pub use process::{Signal, free_port, last_lines, send_signal};
 pub use proxy::SilentProxy;
 pub use redis_cluster::RedisCluster;
 pub use redis_server::{RedisOptions, RedisServer};
-pub use shared::{TestDatabase, TestRedis, database, database_from_template, redis};
+pub use shared::{TestRedis, redis};

@@ -8,12 +8,11 @@
 use std::fs::{File, OpenOptions};
 use std::io::{Read as _, Seek as _, SeekFrom};
 use std::net::{Ipv4Addr, TcpListener};
-use std::os::unix::fs::MetadataExt as _;
 use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 pub use nix::sys::signal::Signal;
 
 /// How much of a server log goes into an error message.
@@ -108,6 +107,7 @@ fn read_tail(path: &Path, limit: u64) -> std::io::Result<String> {
 }
 
 /// User and group ids a Postgres server runs as.
+#[cfg(feature = "postgres")]
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct RunAs {
     /// User id.
@@ -120,7 +120,10 @@ pub(crate) struct RunAs {
 /// `postgres` user, because PostgreSQL refuses to run as root. `owned_dir`
 /// is a directory we just created: its owner is our effective user id,
 /// which tells us without `unsafe` whether we are root.
+#[cfg(feature = "postgres")]
 pub(crate) fn postgres_run_as(owned_dir: &Path) -> Result<Option<RunAs>> {
+    use std::os::unix::fs::MetadataExt as _;
+
     if std::fs::metadata(owned_dir)?.uid() != 0 {
         return Ok(None);
     }
@@ -136,7 +139,7 @@ pub(crate) fn postgres_run_as(owned_dir: &Path) -> Result<Option<RunAs>> {
             }));
         }
     }
-    bail!(
+    anyhow::bail!(
         "tally-testkit: running as root, and PostgreSQL refuses root, but there is no `postgres` \
          user; install the Debian package `postgresql` (it creates the user)"
     )

@@ -1,70 +1,41 @@
-//! The repairing safety net: find the matches whose result never reached
-//! the totals and enqueue what is missing.
+//! The repairing safety net, run as a job: find the matches whose result
+//! never reached the totals and enqueue what is missing.
 //!
-//! The cron call runs [`repair`] (the gateway, when it has a database): it
-//! reads the oldest markers of `match_pipeline_pending` older than the grace
-//! period (`tally_store::repair`), at most `REPAIR_BATCH` of them, and
+//! The cron gateway enqueues a [`RepairPipeline`] on every cron call (one
+//! waits at a time: later requests coalesce into it), and this worker runs
+//! it with [`repair`], the way mature queues run their periodic
+//! maintenance inside the workers: the gateway stays Redis-only. A run
+//! reads the oldest markers of `match_pipeline_pending` older than the
+//! job's grace period (`tally_store::repair`), at most `batch` of them, and
 //! enqueues `ScoreMatch` (predictions not scored, or not voided) or
 //! `CalculatePoints` (points not in the totals) for each; the jobs chain the
 //! rest of the pipeline as usual. A larger backlog is worked off over
-//! several calls, oldest first; the report says how much remains. A match
+//! several runs, oldest first; the report says how much remains. A match
 //! repaired goes to the back of the line (`tally_store::repair::touch`): it
 //! is not repaired again before another grace period, and a match whose
 //! jobs keep failing cannot hold a place in every batch.
 //!
 //! Repair jobs have stable ids (`repair-score_match-<match>`,
-//! `repair-calculate_points-<match>`), so two cron calls close together, or
-//! a call while the previous repair of a match still waits, enqueue it once
-//! (the engine absorbs an id that is live). Work that was only slow, not
-//! lost, may be done twice: every handler is idempotent, so it changes
-//! nothing the second time.
-
-use std::time::Duration;
+//! `repair-calculate_points-<match>`), so two runs close together, or a run
+//! while the previous repair of a match still waits, enqueue it once (the
+//! engine absorbs an id that is live). Work that was only slow, not lost,
+//! may be done twice: every handler is idempotent, so it changes nothing the
+//! second time.
+//!
+//! What a run found goes to one log line and the `tally_repair_*` metrics
+//! (served on this worker's `/metrics`); a run that cannot complete (the
+//! database or Redis away) is a retryable job error, and whatever it
+//! enqueued before stays enqueued.
 
 use futures::future::join_all;
-use serde::Serialize;
-use tally_jobs::{CalculatePoints, Job, Priority, ScoreMatch};
-use tally_queue::{EnqueueOptions, Enqueued, Producer, QueueError};
+use tally_jobs::{CalculatePoints, Job, Priority, RepairPipeline, ScoreMatch};
+use tally_queue::{EnqueueOptions, Enqueued, JobError, Producer, QueueError};
+use tally_service::observe;
 use tally_store::repair::Missing;
-use tally_store::{Budget, Store, StoreError};
+use tally_store::{Store, StoreError};
 
-use tally_service::{Env, SettingsError, observe};
-
-/// How long the database part of one repair may take.
-const REPAIR_BUDGET: Duration = Duration::from_secs(20);
-
-/// Settings of the repair, from the gateway's environment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RepairSettings {
-    /// `REPAIR_GRACE_SECS`: a match marked more recently than this is work
-    /// in flight, not lost (default 120).
-    pub grace: Duration,
-    /// `REPAIR_BATCH`: at most this many matches per run (default 200).
-    pub batch: usize,
-}
-
-impl Default for RepairSettings {
-    fn default() -> Self {
-        Self {
-            grace: Duration::from_secs(120),
-            batch: 200,
-        }
-    }
-}
-
-impl RepairSettings {
-    /// Reads and validates the settings; the error names the variable.
-    pub fn from_env(env: &Env) -> Result<Self, SettingsError> {
-        Ok(Self {
-            grace: env.seconds("REPAIR_GRACE_SECS", 120, 0, 86_400)?,
-            batch: env.number("REPAIR_BATCH", 200, 1, 10_000)? as usize,
-        })
-    }
-}
-
-/// What one repair found and did; the cron response carries it as `repair`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
+/// What one repair found and did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RepairReport {
     /// Finished matches with unscored predictions (`ScoreMatch` enqueued).
     pub unscored: u64,
@@ -105,11 +76,13 @@ pub enum RepairError {
 }
 
 impl RepairError {
-    /// Whether a dependency was unreachable (worth a 503 and a retry).
-    pub fn is_unavailable(&self) -> bool {
+    /// What the engine should do about it: a store error as every handler
+    /// treats one (`tally_worker::store_job_error`: transient ones are
+    /// retried), a queue error is retried.
+    pub fn job_error(&self) -> JobError {
         match self {
-            Self::Store(e) => e.is_transient(),
-            Self::Queue(e) => e.is_unavailable(),
+            Self::Store(e) => tally_worker::store_job_error(e),
+            Self::Queue(_) => JobError::retry(self),
         }
     }
 }
@@ -119,14 +92,12 @@ pub fn repair_job_id(kind: &str, match_id: i64) -> String {
     format!("repair-{kind}-{match_id}")
 }
 
-/// One repair run (see the module docs). Reports what it found and did,
-/// and records it in metrics and one log line.
-pub async fn repair(
-    store: &Store,
-    producer: &Producer,
-    settings: &RepairSettings,
-) -> Result<RepairReport, RepairError> {
-    let result = run(store, producer, settings).await;
+/// One repair run (see the module docs) with the bounds of `request`.
+/// Reports what it found and did, and records it in metrics and one log
+/// line. Database work is bounded by `store`'s budget (the job's deadline
+/// when the handler runs it).
+pub async fn repair(store: &Store, producer: &Producer, request: &RepairPipeline) -> Result<RepairReport, RepairError> {
+    let result = run(store, producer, request).await;
     match &result {
         Ok(report) => {
             metrics::counter!("tally_repair_runs_total", "result" => "ok").increment(1);
@@ -164,10 +135,9 @@ pub async fn repair(
     result
 }
 
-async fn run(store: &Store, producer: &Producer, settings: &RepairSettings) -> Result<RepairReport, RepairError> {
-    let store = store.with_budget(Budget::within(REPAIR_BUDGET));
+async fn run(store: &Store, producer: &Producer, request: &RepairPipeline) -> Result<RepairReport, RepairError> {
     let scan = store
-        .repair_scan(settings.grace.as_secs_f64(), settings.batch as i64)
+        .repair_scan(request.grace_secs as f64, i64::from(request.batch))
         .await?;
     let mut report = RepairReport {
         remaining: u64::try_from(scan.remaining).unwrap_or(0),
@@ -250,34 +220,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn settings_are_checked_and_name_the_variable() {
-        assert_eq!(
-            RepairSettings::from_env(&Env::from_pairs([])).expect("defaults"),
-            RepairSettings::default()
-        );
-        let zero = RepairSettings::from_env(&Env::from_pairs([("REPAIR_GRACE_SECS", "0")])).expect("zero grace");
-        assert_eq!(zero.grace, Duration::ZERO);
-        for (name, value) in [
-            ("REPAIR_GRACE_SECS", "-1"),
-            ("REPAIR_GRACE_SECS", "86401"),
-            ("REPAIR_BATCH", "0"),
-            ("REPAIR_BATCH", "many"),
-        ] {
-            let error = RepairSettings::from_env(&Env::from_pairs([(name, value)])).expect_err(value);
-            assert!(error.to_string().contains(name), "{error}");
-        }
-    }
-
-    #[test]
-    fn the_report_serialises_in_camel_case() {
+    fn a_report_counts_the_matches_that_needed_a_job() {
         let report = RepairReport {
+            unscored: 1,
             points_missing: 2,
+            stale: 4,
             already_queued: 1,
             ..RepairReport::default()
         };
-        let json = serde_json::to_value(report).expect("json");
-        assert_eq!(json["pointsMissing"], 2);
-        assert_eq!(json["alreadyQueued"], 1);
-        assert_eq!(report.found(), 2);
+        assert_eq!(report.found(), 3, "stale markers needed no job");
+        assert_eq!(repair_job_id(ScoreMatch::KIND, 7), "repair-score_match-7");
+    }
+
+    #[test]
+    fn queue_failures_are_retried() {
+        let error = RepairError::Queue(QueueError::Protocol("a reply cut short".into()));
+        assert!(matches!(error.job_error(), JobError::Retry(_)), "{error}");
     }
 }
