@@ -167,11 +167,6 @@ impl Application {
     /// Serves until `shutdown` resolves, then stops accepting and lets
     /// in-flight requests finish within `SHUTDOWN_TIMEOUT_SECS`.
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
-        let handle = self.server.handle();
-        let server = tokio::spawn(self.server);
-        shutdown.await;
-        tracing::info!("stopping: draining in-flight requests");
-        handle.stop(true).await;
-        server.await.map_err(std::io::Error::other)?
+        tally_service::serve_until(self.server, shutdown).await
     }
 }

@@ -17,7 +17,7 @@ pub mod shutdown;
 pub mod startup;
 
 pub use health::{HealthServer, ReadinessCheck};
-pub use shutdown::shutdown_signal;
+pub use shutdown::{serve_until, shutdown_signal};
 /// The settings reader (`tally-settings`), re-exported for the binaries.
 pub use tally_settings as settings;
 pub use tally_settings::{Env, REDIS_SCHEMES, SettingsError, redact_url};

@@ -17,3 +17,15 @@ pub async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received, shutting down"),
     }
 }
+
+/// Serves an HTTP `server` until `shutdown` resolves, then stops accepting
+/// and lets in-flight requests finish within the server's shutdown timeout
+/// (`SHUTDOWN_TIMEOUT_SECS` in the services).
+pub async fn serve_until(server: actix_web::dev::Server, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
+    let handle = server.handle();
+    let server = tokio::spawn(server);
+    shutdown.await;
+    tracing::info!("stopping: draining in-flight requests");
+    handle.stop(true).await;
+    server.await.map_err(std::io::Error::other)?
+}
