@@ -4,15 +4,24 @@
 
 - it parses (YAML anchors and merge keys included) and has services;
 - every depends_on target exists, uses a known condition, and is not behind a
-  profile the dependent service is not in; a `service_healthy` target has a
-  healthcheck; a `service_completed_successfully` target does not restart;
+  profile the dependent service is not in unless the dependency is
+  `required: false`; a `service_healthy` target has a healthcheck; a
+  `service_completed_successfully` target does not restart;
 - the tally services build deploy/Dockerfile with BIN set to a real binary,
   use the image tally/<BIN>, read only env names that binary reads and have
   the required ones, carry no healthcheck (the images have no shell), run
   read-only with all capabilities dropped, and give the drain time to finish
   (stop_grace_period > SHUTDOWN_TIMEOUT_SECS + flush margin);
-- services with a database wait for the migration to complete;
-- Redis runs with AOF persistence;
+- services with a database wait for the migration to complete; files
+  bind-mounted from the repository exist;
+- every Redis server runs with AOF persistence;
+- a Redis Cluster (servers with `--cluster-enabled yes`) has at least three
+  masters with their replicas, all its nodes under one profile and
+  health-checked, and a one-shot init service in that profile that waits for
+  every node to be healthy and names exactly those nodes in
+  REDIS_CLUSTER_NODES; every tally service using Redis waits for that init
+  to complete (`required: false`, so it still starts without the profile);
+  a cluster URL in .env.example names only nodes of that cluster;
 - every ${VARIABLE} the file interpolates is documented in .env.example.
 
 Usage: check_compose.py deploy/compose.yaml [deploy/.env.example]
@@ -64,7 +73,84 @@ def depends(service: dict) -> dict:
     return deps
 
 
-def check_data(data: dict, documented: set[str] | None, root: Path | None = None) -> list[str]:
+def command_line(service: dict) -> str:
+    command = service.get("command") or []
+    return command if isinstance(command, str) else " ".join(str(part) for part in command)
+
+
+def redis_server(service: dict) -> bool:
+    """A Redis server (the image's default command or redis-server), not a
+    one-shot redis-cli run from the same image."""
+    if not str(service.get("image", "")).startswith("redis"):
+        return False
+    command = command_line(service).split()
+    return not command or command[0] == "redis-server"
+
+
+def server_port(service: dict) -> int:
+    match = re.search(r"--port\s+(\d+)", command_line(service))
+    return int(match.group(1)) if match else 6379
+
+
+def check_cluster(services: dict, servers: dict, cluster_urls: list[str]) -> list[str]:
+    """The Redis Cluster of a profile, its init service and who waits for it."""
+    failures: list[str] = []
+    nodes = {name: s for name, s in servers.items() if re.search(r"--cluster-enabled\s+yes", command_line(s))}
+    if not nodes:
+        for url in cluster_urls:
+            failures.append(f".env.example: {url} names a Redis Cluster, but no service runs one (--cluster-enabled yes)")
+        return failures
+    profile_sets = {tuple(sorted(s.get("profiles") or [])) for s in nodes.values()}
+    if len(profile_sets) != 1 or not next(iter(profile_sets)):
+        failures.append(f"cluster nodes {sorted(nodes)} must all run under the same profile (found {sorted(profile_sets)}); the default stack uses the single Redis")
+        return failures
+    profiles = set(next(iter(profile_sets)))
+    for name, node in nodes.items():
+        if not node.get("healthcheck"):
+            failures.append(f"{name}: a cluster node needs a healthcheck (the init waits for it)")
+    addresses = {f"{name}:{server_port(node)}" for name, node in nodes.items()}
+    inits = {
+        name: s
+        for name, s in services.items()
+        if name not in servers and "REDIS_CLUSTER_NODES" in env_dict(s) and set(s.get("profiles") or []) & profiles
+    }
+    if len(inits) != 1:
+        failures.append(f"expected one init service in profile {sorted(profiles)} with REDIS_CLUSTER_NODES, found {sorted(inits)}")
+        return failures
+    init_name, init = next(iter(inits.items()))
+    env = env_dict(init)
+    named = set(str(env.get("REDIS_CLUSTER_NODES") or "").split())
+    if named != addresses:
+        failures.append(f"{init_name}: REDIS_CLUSTER_NODES names {sorted(named)}, the cluster nodes are {sorted(addresses)}")
+    replicas = str(env.get("REDIS_CLUSTER_REPLICAS", "1"))
+    if not replicas.isdigit():
+        failures.append(f"{init_name}: REDIS_CLUSTER_REPLICAS={replicas!r} is not a number")
+    elif len(nodes) < 3 * (1 + int(replicas)):
+        failures.append(f"{init_name}: {len(nodes)} nodes cannot make three masters with {replicas} replica(s) each")
+    for name in sorted(nodes):
+        if (depends(init).get(name) or {}).get("condition") != "service_healthy":
+            failures.append(f"{init_name}: must wait for {name} to be healthy")
+    if init.get("restart", "no") not in ("no", False):
+        failures.append(f"{init_name}: a one-shot service must not restart ({init.get('restart')!r})")
+    for name, service in services.items():
+        binary = ((service.get("build") or {}).get("args") or {}).get("BIN")
+        if binary not in BINARIES or "REDIS_URL" not in BINARIES[binary]["required"]:
+            continue
+        spec = depends(service).get(init_name) or {}
+        if spec.get("condition") != "service_completed_successfully":
+            failures.append(f"{name}: uses Redis but does not wait for {init_name} to complete (condition: service_completed_successfully)")
+        elif not (set(service.get("profiles") or []) & profiles) and spec.get("required", True) is not False:
+            failures.append(f"{name}: waits for {init_name} without `required: false`, so it cannot start without the {sorted(profiles)} profile")
+    for url in cluster_urls:
+        hosts = url.split("://", 1)[1].split("/", 1)[0].rsplit("@", 1)[-1]
+        unknown = sorted(h.strip() for h in hosts.split(",") if h.strip() and h.strip() not in addresses)
+        if unknown:
+            failures.append(f".env.example: {url} names {unknown}, which are not cluster nodes {sorted(addresses)}")
+    return failures
+
+
+def check_data(data: dict, documented: set[str] | None, root: Path | None = None, cluster_urls: list[str] | None = None) -> list[str]:
+    cluster_urls = cluster_urls or []
     failures: list[str] = []
     services = data.get("services") or {}
     if not services:
@@ -81,12 +167,21 @@ def check_data(data: dict, documented: set[str] | None, root: Path | None = None
                 failures.append(f"{name}: unknown depends_on condition {condition!r}")
             other = services[target]
             other_profiles = set(other.get("profiles") or [])
-            if other_profiles and not (other_profiles & profiles):
-                failures.append(f"{name}: depends on {target}, which only runs under profiles {sorted(other_profiles)}")
+            required = (spec or {}).get("required", True)
+            if not isinstance(required, bool):
+                failures.append(f"{name}: depends_on {target}: required must be true or false, not {required!r}")
+            if other_profiles and not (other_profiles & profiles) and required is not False:
+                failures.append(f"{name}: depends on {target}, which only runs under profiles {sorted(other_profiles)} (add `required: false` if optional)")
             if condition == "service_healthy" and not other.get("healthcheck"):
                 failures.append(f"{name}: depends on {target} being healthy, but {target} has no healthcheck")
             if condition == "service_completed_successfully" and other.get("restart", "no") not in ("no", False):
                 failures.append(f"{name}: waits for {target} to complete, but {target} restarts ({other.get('restart')!r})")
+
+        if root is not None:
+            for volume in service.get("volumes") or []:
+                source = (volume.split(":", 1)[0] if isinstance(volume, str) else str(volume.get("source", ""))) if volume else ""
+                if source.startswith((".", "/")) and not (root / source).exists():
+                    failures.append(f"{name}: bind-mounted {source} does not exist")
 
         build = service.get("build")
         if not isinstance(build, dict):
@@ -128,13 +223,13 @@ def check_data(data: dict, documented: set[str] | None, root: Path | None = None
             if not any((services.get(t, {}).get("build") or {}).get("args", {}).get("BIN") == "tally" for t in migrations):
                 failures.append(f"{name}: uses the database but does not wait for the migration to complete")
 
-    redis = [s for s in services.values() if str(s.get("image", "")).startswith("redis")]
-    if not redis:
+    servers = {name: service for name, service in services.items() if redis_server(service)}
+    if not servers:
         failures.append("no Redis service")
-    for service in redis:
-        command = " ".join(str(part) for part in service.get("command") or [])
-        if not re.search(r"--appendonly\s+yes", command):
-            failures.append("redis: AOF persistence is off (--appendonly yes)")
+    for name, service in servers.items():
+        if not re.search(r"--appendonly\s+yes", command_line(service)):
+            failures.append(f"{name}: AOF persistence is off (--appendonly yes)")
+    failures += check_cluster(services, servers, cluster_urls)
 
     if documented is not None:
         text = yaml.safe_dump(data)
@@ -152,9 +247,15 @@ def documented_names(path: Path) -> set[str]:
     return names
 
 
+def cluster_urls_of(path: Path) -> list[str]:
+    """The Redis Cluster URLs .env.example suggests (commented or not)."""
+    return re.findall(r"rediss?\+cluster://[^\s\"']+", path.read_text(encoding="utf-8"))
+
+
 def check(compose: Path, env_example: Path | None = None) -> list[str]:
     documented = documented_names(env_example) if env_example else None
-    return check_data(load(compose), documented, compose.parent)
+    urls = cluster_urls_of(env_example) if env_example else []
+    return check_data(load(compose), documented, compose.parent, urls)
 
 
 def main(argv: list[str]) -> int:

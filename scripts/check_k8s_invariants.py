@@ -18,17 +18,24 @@ exit status is 1 when there is any.
   path /api/cron/update-stats, fails on a non-2xx answer, sends the Bearer
   secret from the same Secret key the gateway reads, is Forbid-concurrent
   with a starting deadline; the Service routes to the gateway's BIND_ADDR port;
-- KEDA list names are <TALLY_QUEUE_PREFIX>:{stats}:ready:<high|normal|low>
-  with the prefix from the ConfigMap, one trigger per priority, targeting
-  stats-worker; stats-worker has exactly one autoscaler (HPA or KEDA);
+- every KEDA ScaledObject targets a worker and has one Redis list trigger per
+  ready list of that worker's queue,
+  <TALLY_QUEUE_PREFIX>:{<queue>}:ready:<high|normal|low> with the prefix from
+  the ConfigMap; the triggers are all `redis` or all `redis-cluster`, with
+  only the metadata keys KEDA reads for that type and a Redis address, and
+  when the Secret is rendered, `redis-cluster` exactly when REDIS_URL is a
+  cluster URL (`redis+cluster://`, `rediss+cluster://`); an authenticationRef
+  names a rendered TriggerAuthentication whose Secret keys exist;
+  stats-worker has exactly one autoscaler (HPA or KEDA);
 - images are the tally binaries (or the allowed curl image for the CronJob)
   and match the workload; env names are the ones the binaries read, and the
   required ones are present; referenced ConfigMaps exist, and Secret keys too
   when the Secret is rendered;
 - every Deployment has a PodDisruptionBudget and the gateway a NetworkPolicy
   admitting only the CronJob's pods and the monitoring namespace, and one
-  limiting its egress to listed ports that include DNS, the Redis port and
-  the OTLP endpoint's port, and not PostgreSQL's (5432, or DATABASE_URL's
+  limiting its egress to listed ports that include DNS, the Redis port (every
+  seed node's port for a cluster URL) and the OTLP endpoint's port, and not
+  PostgreSQL's (5432, or DATABASE_URL's
   port when the Secret is rendered);
 - the operator console runs one replica (its sessions are per process), reads
   ADMIN_TOKEN (and ADMIN_READ_TOKEN) from a Secret no other workload reads,
@@ -111,7 +118,32 @@ CONSOLE = "admin-console"
 CONSOLE_TOKENS = ("ADMIN_TOKEN", "ADMIN_READ_TOKEN")
 CRON_PATH = "/api/cron/update-stats"
 STATS_WORKER = "stats-worker"
+# The queue each worker consumes (scoring_worker::QUEUE, stats_worker::QUEUE):
+# an autoscaler of a worker reads that queue's ready lists.
+WORKER_QUEUES = {"scoring-worker": "scoring", "stats-worker": "stats"}
 PRIORITIES = ("high", "normal", "low")
+# KEDA's Redis list scalers (pkg/scalers/redis_scaler.go): `redis` for one
+# server, `redis-cluster` for a Redis Cluster, and the trigger metadata keys
+# each reads. Anything else is ignored by KEDA: a typo, or a key of the other
+# type (`address` on a redis-cluster trigger), would go unnoticed.
+KEDA_REDIS_COMMON_KEYS = {
+    "listName",
+    "listLength",
+    "activationListLength",
+    "databaseIndex",
+    "username",
+    "usernameFromEnv",
+    "passwordFromEnv",
+    "enableTLS",
+    "unsafeSsl",
+}
+KEDA_REDIS_TRIGGERS = {
+    "redis": KEDA_REDIS_COMMON_KEYS | {"address", "addressFromEnv", "host", "hostFromEnv", "port", "portFromEnv"},
+    "redis-cluster": KEDA_REDIS_COMMON_KEYS | {"addresses", "addressesFromEnv", "hosts", "hostsFromEnv", "ports", "portsFromEnv"},
+}
+# What a TriggerAuthentication may hand those scalers.
+KEDA_REDIS_AUTH_PARAMS = {"address", "addresses", "host", "hosts", "port", "ports", "username", "password", "tls", "ca", "cert", "key", "keyPassword"}
+CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
 DEFAULT_PREFIX = "tally"
 # Telemetry flush after the drain: OpenTelemetry (3 s) + Sentry (2 s).
 FLUSH_MARGIN_SECS = 5
@@ -587,6 +619,36 @@ def url_port(url: str | None, default: int) -> int:
         return default
 
 
+def is_cluster_url(url: str) -> bool:
+    """Whether the services open a Redis Cluster connection for this REDIS_URL."""
+    return url.startswith(CLUSTER_SCHEMES)
+
+
+def redis_ports(url: str | None) -> list[int]:
+    """The ports a REDIS_URL names: one for a server, every seed node's for a
+    cluster (`redis+cluster://[auth@]h1:p1,h2:p2[/]`, split as the client does);
+    6379 where none is given."""
+    if not url or not is_cluster_url(url):
+        return [url_port(url, 6379)]
+    rest = url.split("://", 1)[1].split("/", 1)[0]
+    hosts = rest.rsplit("@", 1)[-1]
+    ports = []
+    for host in (h.strip() for h in hosts.split(",")):
+        if host:
+            ports.append(url_port(f"redis://{host}", 6379))
+    return ports or [6379]
+
+
+def host_port_list(value: str) -> list[tuple[str, str]]:
+    """`a:1, b:2` -> [("a", "1"), ("b", "2")], trimmed as KEDA does."""
+    pairs = []
+    for item in (part.strip() for part in value.split(",")):
+        if item:
+            host, _, port = item.rpartition(":")
+            pairs.append((host, port))
+    return pairs
+
+
 def secret_value(manifests: Manifests, name: str, key: str) -> str | None:
     """A literal value of a rendered Secret (stringData only: data is base64)."""
     obj = manifests.get("Secret", name)
@@ -618,10 +680,9 @@ def check_gateway_egress(manifests: Manifests, report: Report) -> None:
                     continue
                 allowed.add((port.get("protocol", "TCP"), number))
     common = manifests.configmap_data("tally-common") or {}
-    needed = {
-        ("UDP", 53): "DNS",
-        ("TCP", url_port(secret_value(manifests, "tally-secrets", "REDIS_URL"), 6379)): "Redis (REDIS_URL)",
-    }
+    needed = {("UDP", 53): "DNS"}
+    for port in redis_ports(secret_value(manifests, "tally-secrets", "REDIS_URL")):
+        needed[("TCP", port)] = "Redis (REDIS_URL)"
     otlp = common.get("OTEL_EXPORTER_OTLP_ENDPOINT")
     if otlp:
         needed[("TCP", url_port(otlp, 4318))] = "the OTLP endpoint (OTEL_EXPORTER_OTLP_ENDPOINT)"
@@ -633,37 +694,104 @@ def check_gateway_egress(manifests: Manifests, report: Report) -> None:
 
 def check_autoscaling(manifests: Manifests, report: Report) -> None:
     hpas = [h for h in manifests.of_kind("HorizontalPodAutoscaler") if h.get("spec", {}).get("scaleTargetRef", {}).get("name") == STATS_WORKER]
-    scaled = [s for s in manifests.of_kind("ScaledObject") if s.get("spec", {}).get("scaleTargetRef", {}).get("name") == STATS_WORKER]
+    scaled_objects = manifests.of_kind("ScaledObject")
+    scaled = [s for s in scaled_objects if s.get("spec", {}).get("scaleTargetRef", {}).get("name") == STATS_WORKER]
     report.check(len(hpas) + len(scaled) == 1, STATS_WORKER, f"needs exactly one autoscaler (HPA or KEDA ScaledObject), found {len(hpas)} HPA and {len(scaled)} ScaledObject")
-    for other in manifests.of_kind("ScaledObject"):
-        report.check(other in scaled, label(other), "targets something other than stats-worker")
     for hpa in hpas:
         spec = hpa.get("spec", {})
         report.check(spec.get("minReplicas", 1) >= 1, label(hpa), "minReplicas must be at least 1")
-    deployment = manifests.get("Deployment", STATS_WORKER)
-    if deployment is not None and (hpas or scaled):
-        report.check("replicas" not in deployment.get("spec", {}), label(deployment), "must not set replicas: its autoscaler owns the count")
+    targets = {h.get("spec", {}).get("scaleTargetRef", {}).get("name") for h in manifests.of_kind("HorizontalPodAutoscaler")}
+    targets |= {s.get("spec", {}).get("scaleTargetRef", {}).get("name") for s in scaled_objects}
+    for name in sorted(t for t in targets if t):
+        deployment = manifests.get("Deployment", name)
+        if deployment is not None:
+            report.check("replicas" not in deployment.get("spec", {}), label(deployment), "must not set replicas: its autoscaler owns the count")
     prefix = manifests.prefix()
-    pattern = re.compile(rf"^{re.escape(prefix)}:\{{stats\}}:ready:(high|normal|low)$")
-    for obj in scaled:
-        where = label(obj)
-        spec = obj.get("spec", {})
-        unknown = set(spec) - SCALEDOBJECT_SPEC_KEYS
-        report.check(not unknown, where, f"unknown spec fields {sorted(unknown)} (KEDA CRD is not schema-checked; typo?)")
-        report.check(spec.get("minReplicaCount", 0) >= 1, where, "minReplicaCount must be at least 1: workers promote delayed jobs, so zero would never wake")
-        seen = []
-        for trigger in spec.get("triggers") or []:
-            if trigger.get("type") != "redis":
-                continue
-            meta = trigger.get("metadata") or {}
-            list_name = str(meta.get("listName", ""))
-            match = pattern.match(list_name)
-            report.check(match is not None, where, f"listName {list_name!r} is not {prefix}:{{stats}}:ready:<high|normal|low> (prefix from ConfigMap tally-common)")
-            if match:
-                seen.append(match.group(1))
-            report.check(str(meta.get("listLength", "")).isdigit(), where, f"listLength of {list_name!r} must be a number")
-            report.check(bool(meta.get("address") or meta.get("addressFromEnv") or meta.get("host") or meta.get("hostFromEnv")), where, f"trigger for {list_name!r} has no Redis address")
-        report.check(sorted(seen) == sorted(PRIORITIES), where, f"expected one redis trigger per priority {PRIORITIES}, found {seen}")
+    redis_url = secret_value(manifests, "tally-secrets", "REDIS_URL")
+    for obj in scaled_objects:
+        check_scaled_object(obj, manifests, prefix, redis_url, report)
+
+
+def check_scaled_object(obj: dict, manifests: Manifests, prefix: str, redis_url: str | None, report: Report) -> None:
+    """One ScaledObject: a worker's every ready list, read from the Redis the services use."""
+    where = label(obj)
+    spec = obj.get("spec", {})
+    unknown = set(spec) - SCALEDOBJECT_SPEC_KEYS
+    report.check(not unknown, where, f"unknown spec fields {sorted(unknown)} (KEDA CRD is not schema-checked; typo?)")
+    report.check(spec.get("minReplicaCount", 0) >= 1, where, "minReplicaCount must be at least 1: workers promote delayed jobs, so zero would never wake")
+    target = spec.get("scaleTargetRef", {}).get("name")
+    queue = WORKER_QUEUES.get(target)
+    if not report.check(queue is not None, where, f"targets {target!r}, not a worker ({', '.join(sorted(WORKER_QUEUES))})"):
+        return
+    pattern = re.compile(rf"^{re.escape(prefix)}:\{{{re.escape(queue)}\}}:ready:(high|normal|low)$")
+    seen = []
+    kinds = set()
+    for trigger in spec.get("triggers") or []:
+        kind = trigger.get("type")
+        if kind not in KEDA_REDIS_TRIGGERS:
+            continue
+        kinds.add(kind)
+        meta = {k: str(v) for k, v in (trigger.get("metadata") or {}).items()}
+        list_name = meta.get("listName", "")
+        unknown = set(meta) - KEDA_REDIS_TRIGGERS[kind]
+        report.check(not unknown, where, f"{kind} trigger for {list_name!r} has metadata KEDA does not read for {kind}: {sorted(unknown)}")
+        match = pattern.match(list_name)
+        report.check(match is not None, where, f"listName {list_name!r} is not {prefix}:{{{queue}}}:ready:<high|normal|low> (the queue of {target}, prefix from ConfigMap tally-common)")
+        if match:
+            seen.append(match.group(1))
+        report.check(meta.get("listLength", "").isdigit(), where, f"listLength of {list_name!r} must be a number")
+        if kind == "redis":
+            has_address = bool(meta.get("address") or meta.get("addressFromEnv") or meta.get("host") or meta.get("hostFromEnv"))
+            report.check(has_address, where, f"trigger for {list_name!r} has no Redis address")
+        else:
+            check_cluster_addresses(meta, list_name, report, where)
+        check_trigger_auth(trigger, manifests, report, where)
+    report.check(
+        sorted(seen) == sorted(PRIORITIES),
+        where,
+        f"expected one redis trigger per ready list of queue {queue!r} (priorities {PRIORITIES}), found {seen}",
+    )
+    report.check(len(kinds) <= 1, where, f"mixes trigger types {sorted(kinds)}: the queues live on one Redis, a cluster or not")
+    if redis_url and kinds:
+        cluster = is_cluster_url(redis_url)
+        expected = "redis-cluster" if cluster else "redis"
+        mode = "a Redis Cluster URL" if cluster else "a single-server URL"
+        report.check(kinds == {expected}, where, f"uses {sorted(kinds)} triggers but REDIS_URL in Secret tally-secrets is {mode}: KEDA must read it with `{expected}`")
+
+
+def check_cluster_addresses(meta: dict[str, str], list_name: str, report: Report, where: str) -> None:
+    """The seed nodes of a redis-cluster trigger: `addresses`, or `hosts` with as many `ports`."""
+    if meta.get("addressesFromEnv") or meta.get("hostsFromEnv"):
+        return
+    if meta.get("addresses"):
+        pairs = host_port_list(meta["addresses"])
+        bad = [f"{h}:{p}" if h else p for h, p in pairs if not h or not p.isdigit()]
+        report.check(bool(pairs) and not bad, where, f"addresses of {list_name!r} must be host:port, comma-separated; not {bad or meta['addresses']!r}")
+        return
+    hosts = [h.strip() for h in meta.get("hosts", "").split(",") if h.strip()]
+    ports = [p.strip() for p in meta.get("ports", "").split(",") if p.strip()]
+    if not report.check(bool(hosts), where, f"redis-cluster trigger for {list_name!r} has no addresses (or hosts and ports)"):
+        return
+    report.check(len(hosts) == len(ports), where, f"trigger for {list_name!r} names {len(hosts)} hosts and {len(ports)} ports; KEDA needs one port per host")
+    report.check(all(p.isdigit() for p in ports), where, f"ports of {list_name!r} must be numbers: {ports}")
+
+
+def check_trigger_auth(trigger: dict, manifests: Manifests, report: Report, where: str) -> None:
+    """An authenticationRef names a rendered TriggerAuthentication that hands the scaler known parameters from existing keys."""
+    ref = trigger.get("authenticationRef")
+    if not ref:
+        return
+    if ref.get("kind", "TriggerAuthentication") != "TriggerAuthentication":
+        return
+    auth = manifests.get("TriggerAuthentication", ref.get("name", ""))
+    if not report.check(auth is not None, where, f"authenticationRef names TriggerAuthentication {ref.get('name')!r}, which is not in the manifests"):
+        return
+    for item in auth.get("spec", {}).get("secretTargetRef") or []:
+        parameter = item.get("parameter")
+        report.check(parameter in KEDA_REDIS_AUTH_PARAMS, label(auth), f"parameter {parameter!r} is not one KEDA's Redis scalers read ({', '.join(sorted(KEDA_REDIS_AUTH_PARAMS))})")
+        keys = manifests.secret_keys(item.get("name", ""))
+        if keys is not None:
+            report.check(item.get("key") in keys, label(auth), f"reads key {item.get('key')!r} missing from Secret {item.get('name')!r}")
 
 
 def check_namespace(manifests: Manifests, report: Report) -> None:

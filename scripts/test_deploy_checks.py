@@ -8,8 +8,13 @@ Run: python3 -m unittest scripts/test_deploy_checks.py  (from the repository roo
 from __future__ import annotations
 
 import copy
+import os
+import random
+import shutil
 import subprocess
 import sys
+import tempfile
+import time
 import unittest
 from pathlib import Path
 
@@ -29,6 +34,7 @@ def render(overlay):
 
 EXAMPLE = render("k8s/overlays/example")
 KEDA = render("k8s/overlays/example-keda")
+CLUSTER = render("k8s/overlays/example-cluster")
 
 
 def find(objects, kind, name):
@@ -54,6 +60,7 @@ class InvariantsTest(unittest.TestCase):
     def test_the_real_overlays_pass(self):
         self.assertEqual(self.failures(EXAMPLE), [])
         self.assertEqual(self.failures(KEDA), [])
+        self.assertEqual(self.failures(CLUSTER), [])
 
     def test_a_missing_probe_fails(self):
         objects = copy.deepcopy(EXAMPLE)
@@ -110,6 +117,90 @@ class InvariantsTest(unittest.TestCase):
         objects = copy.deepcopy(KEDA)
         find(objects, "ScaledObject", "stats-worker")["spec"]["triggers"][1]["metadata"]["listName"] = "tally:stats:ready:normal"
         self.assert_fails(objects, "listName 'tally:stats:ready:normal'")
+
+    def test_every_ready_list_of_the_workers_queue_has_a_trigger(self):
+        objects = copy.deepcopy(CLUSTER)
+        triggers = find(objects, "ScaledObject", "stats-worker")["spec"]["triggers"]
+        del triggers[2]
+        self.assert_fails(objects, "expected one redis trigger per ready list of queue 'stats'", "found ['high', 'normal']")
+        objects = copy.deepcopy(CLUSTER)
+        find(objects, "ScaledObject", "stats-worker")["spec"]["triggers"][2]["metadata"]["listName"] = "tally:{scoring}:ready:low"
+        self.assert_fails(objects, "listName 'tally:{scoring}:ready:low' is not tally:{stats}:ready:")
+        objects = copy.deepcopy(CLUSTER)
+        find(objects, "ScaledObject", "stats-worker")["spec"]["triggers"].append(
+            copy.deepcopy(find(objects, "ScaledObject", "stats-worker")["spec"]["triggers"][0])
+        )
+        self.assert_fails(objects, "found ['high', 'normal', 'low', 'high']")
+        # A worker's autoscaler reads that worker's queue, and owns its replica count.
+        objects = copy.deepcopy(CLUSTER)
+        scaled = copy.deepcopy(find(objects, "ScaledObject", "stats-worker"))
+        scaled["metadata"]["name"] = "scoring-worker"
+        scaled["spec"]["scaleTargetRef"]["name"] = "scoring-worker"
+        objects.append(scaled)
+        self.assert_fails(
+            objects,
+            "listName 'tally:{stats}:ready:high' is not tally:{scoring}:ready:<high|normal|low> (the queue of scoring-worker",
+            "Deployment/scoring-worker: must not set replicas",
+        )
+        objects = copy.deepcopy(CLUSTER)
+        find(objects, "ScaledObject", "stats-worker")["spec"]["scaleTargetRef"]["name"] = "admin-console"
+        self.assert_fails(objects, "targets 'admin-console', not a worker")
+
+    def test_the_trigger_type_follows_redis_url(self):
+        objects = copy.deepcopy(CLUSTER)
+        find(objects, "Secret", "tally-secrets")["stringData"]["REDIS_URL"] = "redis://redis.tally.svc.cluster.local:6379"
+        self.assert_fails(objects, "uses ['redis-cluster'] triggers but REDIS_URL in Secret tally-secrets is a single-server URL")
+        objects = copy.deepcopy(KEDA)
+        find(objects, "Secret", "tally-secrets")["stringData"]["REDIS_URL"] = "redis+cluster://a.example:6379,b.example:6379"
+        self.assert_fails(objects, "uses ['redis'] triggers but REDIS_URL in Secret tally-secrets is a Redis Cluster URL: KEDA must read it with `redis-cluster`")
+        objects = copy.deepcopy(CLUSTER)
+        keda_trigger = find(KEDA, "ScaledObject", "stats-worker")["spec"]["triggers"][1]
+        find(objects, "ScaledObject", "stats-worker")["spec"]["triggers"][1] = copy.deepcopy(keda_trigger)
+        self.assert_fails(objects, "mixes trigger types ['redis', 'redis-cluster']")
+
+    def test_cluster_trigger_metadata_is_checked(self):
+        def broken(change):
+            objects = copy.deepcopy(CLUSTER)
+            change(find(objects, "ScaledObject", "stats-worker")["spec"]["triggers"][0])
+            return objects
+
+        def single_address(trigger):
+            trigger["metadata"]["address"] = trigger["metadata"].pop("addresses").split(",")[0]
+
+        self.assert_fails(broken(single_address), "metadata KEDA does not read for redis-cluster: ['address']", "has no addresses")
+
+        def hosts_and_ports(trigger):
+            del trigger["metadata"]["addresses"]
+            trigger["metadata"]["hosts"] = "a.example, b.example, c.example"
+            trigger["metadata"]["ports"] = "6379, 6379"
+
+        self.assert_fails(broken(hosts_and_ports), "names 3 hosts and 2 ports")
+
+        def no_port(trigger):
+            trigger["metadata"]["addresses"] = "a.example:6379, b.example"
+
+        self.assert_fails(broken(no_port), "must be host:port, comma-separated; not ['b.example']")
+
+        def typo(trigger):
+            trigger["metadata"]["listname"] = trigger["metadata"].pop("listName")
+
+        self.assert_fails(broken(typo), "does not read for redis-cluster: ['listname']")
+
+        def other_auth(trigger):
+            trigger["authenticationRef"]["name"] = "tally-redis"
+
+        self.assert_fails(broken(other_auth), "TriggerAuthentication 'tally-redis', which is not in the manifests")
+        objects = copy.deepcopy(CLUSTER)
+        find(objects, "TriggerAuthentication", "tally-redis-cluster")["spec"]["secretTargetRef"][0]["key"] = "REDIS_PASSWRD"
+        self.assert_fails(objects, "reads key 'REDIS_PASSWRD' missing from Secret 'tally-secrets'")
+
+    def test_the_gateway_reaches_every_cluster_seed(self):
+        objects = copy.deepcopy(CLUSTER)
+        find(objects, "Secret", "tally-secrets")["stringData"]["REDIS_URL"] = "redis+cluster://:pw@a.example:6379,b.example:7000/"
+        self.assert_fails(objects, "does not admit Redis (REDIS_URL) on 7000/TCP")
+        self.assertEqual(inv.redis_ports("rediss+cluster://u:p@a:1,b:2"), [1, 2])
+        self.assertEqual(inv.redis_ports("redis+cluster://a,b:7001/"), [6379, 7001])
+        self.assertEqual(inv.redis_ports("redis://:pw@redis:6380/0"), [6380])
 
     def test_two_autoscalers_fail(self):
         hpa = find(EXAMPLE, "HorizontalPodAutoscaler", "stats-worker")
@@ -189,6 +280,43 @@ class OverlaysTest(unittest.TestCase):
         self.assertFalse([o for o in KEDA if o["kind"] == "HorizontalPodAutoscaler"], "delete patch removes the HPA")
 
 
+    def test_the_cluster_overlay_scales_like_the_keda_overlay_on_the_cluster(self):
+        url = find(CLUSTER, "Secret", "tally-secrets")["stringData"]["REDIS_URL"]
+        self.assertTrue(url.startswith("redis+cluster://"), url)
+        self.assertFalse([o for o in CLUSTER if o["kind"] == "HorizontalPodAutoscaler"], "delete patch removes the HPA")
+        keda = find(KEDA, "ScaledObject", "stats-worker")["spec"]
+        cluster = find(CLUSTER, "ScaledObject", "stats-worker")["spec"]
+        self.assertEqual({k: v for k, v in cluster.items() if k != "triggers"}, {k: v for k, v in keda.items() if k != "triggers"})
+        seeds = url.split("://", 1)[1].split(",")
+        self.assertEqual(len(cluster["triggers"]), len(keda["triggers"]))
+        for ours, theirs in zip(cluster["triggers"], keda["triggers"]):
+            self.assertEqual(ours["type"], "redis-cluster")
+            for key in ("listName", "listLength"):
+                self.assertEqual(ours["metadata"][key], theirs["metadata"][key])
+            addresses = [a.strip() for a in ours["metadata"]["addresses"].split(",")]
+            self.assertEqual(addresses, seeds, "KEDA reads the cluster the services use")
+        auth_keda = find(KEDA, "TriggerAuthentication", "tally-redis")["spec"]
+        auth_cluster = find(CLUSTER, "TriggerAuthentication", cluster["triggers"][0]["authenticationRef"]["name"])["spec"]
+        self.assertEqual(auth_cluster, auth_keda)
+        # Everything else is the example environment, unchanged.
+        def rest(objects):
+            return [o for o in objects if o["kind"] not in ("Secret", "ScaledObject", "TriggerAuthentication")]
+
+        self.assertEqual(rest(CLUSTER), rest(KEDA))
+
+    def test_keda_and_redis_cluster_components_do_not_combine(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            k8s = os.path.relpath(ROOT / "k8s", tmp)
+            Path(tmp, "kustomization.yaml").write_text(
+                "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
+                f"resources: [{k8s}/overlays/example]\ncomponents: [{k8s}/components/keda, {k8s}/components/redis-cluster]\n",
+                encoding="utf-8",
+            )
+            out = subprocess.run(["kubectl", "kustomize", tmp], capture_output=True, text=True)
+        self.assertNotEqual(out.returncode, 0, "kustomize must refuse two ScaledObjects for stats-worker")
+        self.assertIn("ScaledObject", out.stderr)
+
+
 class ComposeTest(unittest.TestCase):
     def test_the_real_compose_file_passes(self):
         self.assertEqual(check_compose.check(ROOT / "deploy/compose.yaml", ROOT / "deploy/.env.example"), [])
@@ -205,6 +333,154 @@ class ComposeTest(unittest.TestCase):
         self.assertIn("depends on unknown service 'postgress'", failures)
         self.assertIn("WORKER_CONCURENCY is not read by scoring-worker", failures)
         self.assertIn("stop_grace_period", failures)
+
+    def test_cluster_profile_breakage_is_caught(self):
+        compose = check_compose.load(ROOT / "deploy/compose.yaml")
+        urls = check_compose.cluster_urls_of(ROOT / "deploy/.env.example")
+        self.assertTrue(urls, ".env.example shows the cluster URL")
+
+        def failures(change, cluster_urls=urls):
+            broken = copy.deepcopy(compose)
+            change(broken["services"])
+            return "\n".join(check_compose.check_data(broken, None, ROOT / "deploy", cluster_urls))
+
+        def required(services):
+            del services["stats-worker"]["depends_on"]["redis-cluster-init"]["required"]
+
+        self.assertIn("stats-worker: depends on redis-cluster-init, which only runs under profiles ['cluster']", failures(required))
+
+        def no_wait(services):
+            del services["scoring-worker"]["depends_on"]["redis-cluster-init"]
+
+        self.assertIn("scoring-worker: uses Redis but does not wait for redis-cluster-init", failures(no_wait))
+
+        def no_aof(services):
+            services["redis-node-3"]["command"] = [c for c in services["redis-node-3"]["command"] if c not in ("--appendonly", "yes")]
+
+        self.assertIn("redis-node-3: AOF persistence is off", failures(no_aof))
+
+        def five_nodes(services):
+            del services["redis-node-6"]
+            del services["redis-cluster-init"]["depends_on"]["redis-node-6"]
+
+        text = failures(five_nodes)
+        self.assertIn("REDIS_CLUSTER_NODES names", text)
+        self.assertIn("5 nodes cannot make three masters with 1 replica(s) each", text)
+
+        def unhealthy_wait(services):
+            services["redis-cluster-init"]["depends_on"]["redis-node-2"] = {"condition": "service_started"}
+
+        self.assertIn("redis-cluster-init: must wait for redis-node-2 to be healthy", failures(unhealthy_wait))
+
+        def default_profile(services):
+            del services["redis-node-1"]["profiles"]
+
+        self.assertIn("must all run under the same profile", failures(default_profile))
+
+        def missing_script(services):
+            services["redis-cluster-init"]["volumes"] = ["./redis-cluster-inti.sh:/usr/local/bin/redis-cluster-init.sh:ro"]
+
+        self.assertIn("bind-mounted ./redis-cluster-inti.sh does not exist", failures(missing_script))
+        wrong_url = ["redis+cluster://redis-node-1:6379,redis-node-7:6379"]
+        self.assertIn("names ['redis-node-7:6379'], which are not cluster nodes", failures(lambda s: None, wrong_url))
+
+
+@unittest.skipUnless(shutil.which("redis-server") and shutil.which("redis-cli"), "needs redis-server and redis-cli")
+class RedisClusterInitTest(unittest.TestCase):
+    """deploy/redis-cluster-init.sh against six real nodes, each on an address
+    of its own (127.0.x.y, all on one port) as containers would be: it
+    creates the cluster, accepts one that exists, brings one back whose nodes
+    all came back on other addresses, and refuses a mix of new and old nodes."""
+
+    SCRIPT = ROOT / "deploy/redis-cluster-init.sh"
+
+    def setUp(self):
+        self.tmp = Path(tempfile.mkdtemp(prefix="tally-cluster-init-"))
+        self.addCleanup(shutil.rmtree, self.tmp, True)
+        self.port = random.randint(20000, 29999)
+        self.procs = {}
+        self.addCleanup(self.stop_all)
+        # The names the script resolves, as compose's DNS would.
+        (self.tmp / "bin").mkdir()
+        getent = self.tmp / "bin/getent"
+        getent.write_text(f"#!/bin/sh\nawk -v h=\"$2\" '$1 == h {{ print $2 \" \" $1 }}' {self.tmp}/hosts\n", encoding="utf-8")
+        getent.chmod(0o755)
+
+    def start(self, node, ip):
+        data = self.tmp / node
+        data.mkdir(exist_ok=True)
+        args = [
+            "redis-server", "--bind", ip, "--bind-source-addr", ip, "--port", str(self.port),
+            "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000",
+            "--appendonly", "yes", "--save", "", "--dir", str(data), "--logfile", str(data / "log"),
+        ]
+        self.procs[node] = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(100):
+            ping = subprocess.run(["redis-cli", "-h", ip, "-p", str(self.port), "ping"], capture_output=True, text=True)
+            if ping.stdout.strip() == "PONG":
+                return
+            if self.procs[node].poll() is not None:
+                self.skipTest(f"redis-server cannot listen on {ip} (needs Redis 7 and the 127.0.0.0/8 loopback)")
+            time.sleep(0.05)
+        self.fail(f"{node} on {ip} did not start")
+
+    def stop_all(self):
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(10)
+        self.procs = {}
+
+    def run_on(self, ips):
+        """Start node-1..6 on these addresses (keeping their data) and run the script."""
+        (self.tmp / "hosts").write_text("".join(f"redis-node-{i} {ip}\n" for i, ip in enumerate(ips, 1)), encoding="utf-8")
+        for i, ip in enumerate(ips, 1):
+            if f"n{i}" not in self.procs:
+                self.start(f"n{i}", ip)
+        env = dict(
+            os.environ,
+            PATH=f"{self.tmp}/bin:{os.environ['PATH']}",
+            REDIS_CLUSTER_NODES=" ".join(f"redis-node-{i}:{self.port}" for i in range(1, 7)),
+            REDIS_CLUSTER_TIMEOUT="30",
+        )
+        return subprocess.run(["sh", str(self.SCRIPT)], env=env, capture_output=True, text=True, timeout=90)
+
+    def cli(self, ip, *args):
+        return subprocess.run(["redis-cli", "-c", "-h", ip, "-p", str(self.port), *args], capture_output=True, text=True, check=True).stdout.strip()
+
+    def test_create_rerun_new_addresses_and_a_mix(self):
+        net = random.randint(64, 250)
+        first = [f"127.0.{net}.{i}" for i in range(1, 7)]
+        out = self.run_on(first)
+        self.assertEqual(out.returncode, 0, out.stdout + out.stderr)
+        self.assertIn("creating the cluster", out.stdout)
+        self.assertIn("cluster_state:ok on all 6 nodes", out.stdout)
+        # Each node's own view of its role (another node's view lags by a heartbeat).
+        roles = sorted(self.cli(ip, "role").split("\n")[0] for ip in first)
+        self.assertEqual(roles, ["master"] * 3 + ["slave"] * 3, roles)
+        self.cli(first[0], "rpush", "tally:{stats}:ready:normal", "j1", "j2", "j3")
+        self.cli(first[0], "wait", "1", "2000")
+
+        out = self.run_on(first)
+        self.assertEqual(out.returncode, 0, out.stdout + out.stderr)
+        self.assertIn("already form a cluster", out.stdout)
+
+        # Every node back on another address (another network, shuffled).
+        self.stop_all()
+        moved = [f"127.0.{net + 1}.{i}" for i in (4, 6, 5, 1, 3, 2)]
+        out = self.run_on(moved)
+        self.assertEqual(out.returncode, 0, out.stdout + out.stderr)
+        self.assertIn("cluster_state:ok on all 6 nodes", out.stdout)
+        self.assertEqual(self.cli(moved[0], "llen", "tally:{stats}:ready:normal"), "3", "the queue survived")
+
+        # One node's data gone: neither a fresh cluster nor the old one.
+        gone = self.procs.pop("n6")
+        gone.terminate()
+        gone.wait(10)
+        shutil.rmtree(self.tmp / "n6")
+        out = self.run_on(moved)
+        self.assertEqual(out.returncode, 1, out.stdout + out.stderr)
+        self.assertIn("1 node(s) are new and 5 belong to a cluster", out.stderr)
 
 
 if __name__ == "__main__":

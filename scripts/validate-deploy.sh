@@ -8,17 +8,21 @@
 # when scripts/deploy-requirements.txt changes); after that no network is
 # needed. Steps:
 #   1. yamllint on deploy/ and k8s/
-#   2. render each overlay with `kubectl kustomize` (kustomize v5.5)
+#   2. render each overlay with `kubectl kustomize` (kustomize v5.5): example
+#      (CPU HPA), example-keda (KEDA, one Redis), example-cluster (KEDA's
+#      redis-cluster trigger, services on a Redis Cluster), any other
 #   3. kubernetes-validate --strict against the oldest and newest supported
 #      Kubernetes versions (KEDA's CRDs have no bundled schema and are only
 #      checked by step 4)
 #   4. scripts/check_k8s_invariants.py: tally's own invariants
 #   5. hadolint on deploy/Dockerfile
 #   6. scripts/check_compose.py on deploy/compose.yaml and deploy/.env.example
-#   7. shellcheck on this script and deploy/cargo-skeleton.sh
+#   7. shellcheck on this script, deploy/cargo-skeleton.sh and
+#      deploy/redis-cluster-init.sh (compose's `cluster` profile)
 #   8. scripts/test_deploy_checks.py: the checks themselves, including that
 #      each kind of breakage (missing probe, short grace period, wrong KEDA
-#      key, ...) makes them fail
+#      key, ...) makes them fail, and (when redis-server is installed) the
+#      cluster init script against six local nodes
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -96,7 +100,7 @@ step "kubernetes-validate --strict ($K8S_VERSIONS)" schemas
 step "invariants" "$PY" scripts/check_k8s_invariants.py "$OUT"/*.yaml
 step "hadolint" "$BIN/hadolint" deploy/Dockerfile
 step "compose" "$PY" scripts/check_compose.py deploy/compose.yaml deploy/.env.example
-step "shellcheck" "$BIN/shellcheck" scripts/validate-deploy.sh deploy/cargo-skeleton.sh
+step "shellcheck" "$BIN/shellcheck" scripts/validate-deploy.sh deploy/cargo-skeleton.sh deploy/redis-cluster-init.sh
 step "checks catch breakage" "$PY" -m unittest --quiet scripts/test_deploy_checks.py
 
 if ((${#failed[@]})); then
