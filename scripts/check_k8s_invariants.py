@@ -655,18 +655,19 @@ def secret_value(manifests: Manifests, name: str, key: str) -> str | None:
     return None if obj is None else (obj.get("stringData") or {}).get(key)
 
 
-def check_gateway_egress(manifests: Manifests, report: Report) -> None:
-    """The gateway reaches Redis, DNS and its telemetry, never PostgreSQL."""
-    gateway = manifests.get("Deployment", GATEWAY)
-    if gateway is None:
+def check_redis_only_egress(manifests: Manifests, report: Report, name: str) -> None:
+    """A Redis-only workload (the gateway, the console) reaches Redis, DNS
+    and its telemetry, never PostgreSQL."""
+    deployment = manifests.get("Deployment", name)
+    if deployment is None:
         return
-    gateway_labels = pod_template(gateway).get("metadata", {}).get("labels", {})
+    pod_labels = pod_template(deployment).get("metadata", {}).get("labels", {})
     policies = [
         p
         for p in manifests.of_kind("NetworkPolicy")
-        if selects(p.get("spec", {}).get("podSelector"), gateway_labels) and "Egress" in (p.get("spec", {}).get("policyTypes") or [])
+        if selects(p.get("spec", {}).get("podSelector"), pod_labels) and "Egress" in (p.get("spec", {}).get("policyTypes") or [])
     ]
-    if not report.check(len(policies) >= 1, "NetworkPolicy", "no policy limits the gateway's egress (it needs Redis, DNS and telemetry only)"):
+    if not report.check(len(policies) >= 1, "NetworkPolicy", f"no policy limits the egress of {name} (it needs Redis, DNS and telemetry only)"):
         return
     allowed: set[tuple[str, int]] = set()
     for policy in policies:
@@ -687,9 +688,9 @@ def check_gateway_egress(manifests: Manifests, report: Report) -> None:
     if otlp:
         needed[("TCP", url_port(otlp, 4318))] = "the OTLP endpoint (OTEL_EXPORTER_OTLP_ENDPOINT)"
     for key, what in needed.items():
-        report.check(key in allowed, "NetworkPolicy", f"the gateway's egress does not admit {what} on {key[1]}/{key[0]}")
+        report.check(key in allowed, "NetworkPolicy", f"the egress of {name} does not admit {what} on {key[1]}/{key[0]}")
     postgres = url_port(secret_value(manifests, "tally-secrets", "DATABASE_URL"), 5432)
-    report.check(("TCP", postgres) not in allowed, "NetworkPolicy", f"the gateway's egress admits PostgreSQL's port {postgres}; the gateway needs Redis only")
+    report.check(("TCP", postgres) not in allowed, "NetworkPolicy", f"the egress of {name} admits PostgreSQL's port {postgres}; it needs Redis only")
 
 
 def check_autoscaling(manifests: Manifests, report: Report) -> None:
@@ -828,7 +829,8 @@ def check(objects: list[dict]) -> Report:
         check_deployment(deployment, manifests, report)
     check_cronjob(manifests, report)
     check_network_policy(manifests, report)
-    check_gateway_egress(manifests, report)
+    for name in (GATEWAY, CONSOLE):
+        check_redis_only_egress(manifests, report, name)
     check_console(manifests, report)
     check_autoscaling(manifests, report)
     check_migration(manifests, report)

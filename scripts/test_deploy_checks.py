@@ -240,7 +240,17 @@ class InvariantsTest(unittest.TestCase):
         find(objects, "Secret", "tally-secrets")["stringData"]["REDIS_URL"] = "rediss://redis.example.com:6380"
         self.assert_fails(objects, "does not admit Redis (REDIS_URL) on 6380/TCP")
         objects = [o for o in copy.deepcopy(EXAMPLE) if not (o["kind"] == "NetworkPolicy" and o["metadata"]["name"] == "cron-gateway-egress")]
-        self.assert_fails(objects, "no policy limits the gateway's egress")
+        self.assert_fails(objects, "no policy limits the egress of cron-gateway")
+
+    def test_the_console_reaches_redis_never_postgres(self):
+        objects = copy.deepcopy(EXAMPLE)
+        find(objects, "NetworkPolicy", "admin-console-egress")["spec"]["egress"].append({"ports": [{"protocol": "TCP", "port": 5432}]})
+        self.assert_fails(objects, "the egress of admin-console admits PostgreSQL's port 5432")
+        objects = copy.deepcopy(EXAMPLE)
+        find(objects, "Secret", "tally-secrets")["stringData"]["REDIS_URL"] = "rediss://redis.example.com:6380"
+        self.assert_fails(objects, "the egress of admin-console does not admit Redis (REDIS_URL) on 6380/TCP")
+        objects = [o for o in copy.deepcopy(EXAMPLE) if not (o["kind"] == "NetworkPolicy" and o["metadata"]["name"] == "admin-console-egress")]
+        self.assert_fails(objects, "no policy limits the egress of admin-console")
 
 
     def test_console_tokens_replicas_and_policy_are_checked(self):
