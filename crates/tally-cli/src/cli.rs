@@ -229,12 +229,41 @@ pub enum QueueCommand {
         #[arg(value_parser = limit_value)]
         limit: LimitValue,
     },
+    /// Jobs of a queue in one state, a page at a time (ready ones in claim
+    /// order, scheduled ones by due time, in-flight ones by lease expiry,
+    /// dead ones newest first).
+    Jobs {
+        /// Queue.
+        #[arg(value_parser = crate::commands::QUEUES)]
+        queue: String,
+        /// ready, scheduled, inFlight or dead.
+        #[arg(long, default_value = "ready", value_parser = job_state)]
+        state: tally_queue::JobState,
+        /// Skip this many.
+        #[arg(long, default_value_t = 0)]
+        offset: u64,
+        /// At most this many (up to 500).
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=500))]
+        limit: u64,
+    },
+    /// One job in full: state, attempts, errors, crashes, trace id, envelope.
+    Job {
+        /// Queue.
+        #[arg(value_parser = crate::commands::QUEUES)]
+        queue: String,
+        /// Job id.
+        id: String,
+    },
     /// Live worker processes: host, pid, concurrency, jobs held, last heartbeat.
     Workers {
         /// Queues to show (default: scoring and stats).
         #[arg(long = "queue", value_parser = crate::commands::QUEUES)]
         queues: Vec<String>,
     },
+}
+
+fn job_state(s: &str) -> Result<tally_queue::JobState, String> {
+    s.parse().map_err(|e: tally_queue::QueueError| e.to_string())
 }
 
 /// The value of `tally queue limit`: a number of jobs, or no limit.

@@ -53,6 +53,13 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
             queue_control(&cli, queue, Control::Limit(limit.0)).await
         }
         Command::Queue(QueueCommand::Workers { queues }) => workers(&cli, queues).await,
+        Command::Queue(QueueCommand::Jobs {
+            queue,
+            state,
+            offset,
+            limit,
+        }) => jobs(&cli, queue, *state, *offset, *limit).await,
+        Command::Queue(QueueCommand::Job { queue, id }) => job(&cli, queue, id).await,
         Command::Enqueue(cmd) => enqueue(&cli, cmd).await,
         Command::Leaderboard(args) => {
             let rows = connect_store(&cli)
@@ -477,6 +484,130 @@ async fn queue_control(cli: &Cli, queue: &str, change: Control) -> anyhow::Resul
     println!("{queue}: {}", control_text(control.paused, control.limit));
     if matches!(change, Control::Pause) {
         println!("workers stop claiming at their next claim; jobs already running finish");
+    }
+    Ok(())
+}
+
+/// A time in ms since the epoch as an age or a wait from now ("3.2s ago",
+/// "in 12.0s").
+fn relative(now: u64, at: u64) -> String {
+    if at >= now {
+        format!("in {:.1}s", (at - now) as f64 / 1000.0)
+    } else {
+        format!("{:.1}s ago", (now - at) as f64 / 1000.0)
+    }
+}
+
+async fn jobs(cli: &Cli, queue: &str, state: tally_queue::JobState, offset: u64, limit: u64) -> anyhow::Result<()> {
+    let admin = QueueAdmin::new(connect_queue(cli).await?);
+    let page = admin.jobs(queue, state, offset, limit).await?;
+    if cli.json {
+        let mut out = with_redis(cli, serde_json::to_value(&page)?)?;
+        out["queue"] = queue.into();
+        return print_json(&out);
+    }
+    if page.jobs.is_empty() {
+        println!("{queue}: no {state} jobs at offset {offset} ({} in all)", page.total);
+        return Ok(());
+    }
+    let now = tally_queue::now_ms();
+    let rows: Vec<Vec<String>> = page
+        .jobs
+        .iter()
+        .map(|j| {
+            vec![
+                j.id.clone(),
+                j.kind.clone().unwrap_or_else(|| "?".into()),
+                j.priority
+                    .map_or_else(|| "-".into(), |p| format!("{p:?}").to_lowercase()),
+                j.attempts.to_string(),
+                j.errors.to_string(),
+                j.crashes.to_string(),
+                j.created_at_ms.map_or_else(|| "-".into(), |at| relative(now, at)),
+                j.at_ms.map_or_else(|| "-".into(), |at| relative(now, at)),
+                j.error.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    let at = match state {
+        tally_queue::JobState::Ready => "when",
+        tally_queue::JobState::Scheduled => "due",
+        tally_queue::JobState::InFlight => "lease ends",
+        tally_queue::JobState::Dead => "died",
+    };
+    print!(
+        "{}",
+        table(
+            &[
+                "id",
+                "kind",
+                "priority",
+                ">attempts",
+                ">errors",
+                ">crashes",
+                "created",
+                at,
+                "error"
+            ],
+            &rows
+        )
+    );
+    let last = offset + page.jobs.len() as u64;
+    println!("{}–{} of {} {state} jobs on {queue}", offset + 1, last, page.total);
+    Ok(())
+}
+
+async fn job(cli: &Cli, queue: &str, id: &str) -> anyhow::Result<()> {
+    let admin = QueueAdmin::new(connect_queue(cli).await?);
+    let Some(job) = admin.job(queue, id).await? else {
+        anyhow::bail!(
+            "no job {id:?} on queue {queue}: it finished, or never existed (finished jobs leave nothing behind); `tally queue jobs {queue} --state …` lists what is there"
+        );
+    };
+    if cli.json {
+        let mut out = with_redis(cli, serde_json::to_value(&job)?)?;
+        out["queue"] = queue.into();
+        return print_json(&out);
+    }
+    let s = &job.summary;
+    let now = tally_queue::now_ms();
+    println!("job       {}", s.id);
+    println!("queue     {queue}");
+    println!("kind      {}", s.kind.as_deref().unwrap_or("? (unreadable envelope)"));
+    println!("state     {}", s.state);
+    if let Some(p) = s.priority {
+        println!("priority  {}", format!("{p:?}").to_lowercase());
+    }
+    println!("attempts  {} ({} errors, {} crashes)", s.attempts, s.errors, s.crashes);
+    if let Some(at) = s.created_at_ms {
+        println!("created   {}", relative(now, at));
+    }
+    if let Some(at) = s.at_ms {
+        println!(
+            "{:<9} {}",
+            match s.state {
+                tally_queue::JobState::Scheduled => "due",
+                tally_queue::JobState::InFlight => "lease",
+                _ => "died",
+            },
+            relative(now, at)
+        );
+    }
+    if let Some(e) = &s.error {
+        println!("error     {e}");
+    }
+    if let Some(t) = &job.trace_id {
+        println!("trace     {t}");
+    }
+    if let Some(d) = &job.dedup_key {
+        println!("dedup key {d}");
+    }
+    if let Some(envelope) = &job.envelope {
+        let pretty = serde_json::from_str::<serde_json::Value>(envelope)
+            .ok()
+            .and_then(|v| serde_json::to_string_pretty(&v).ok())
+            .unwrap_or_else(|| envelope.clone());
+        println!("envelope\n{pretty}");
     }
     Ok(())
 }

@@ -974,3 +974,68 @@ async fn pause_resume_limit_and_workers_do_what_they_say() {
         "a stopped worker leaves the registry"
     );
 }
+
+/// `tally queue jobs` and `tally queue job`: what is waiting, in claim and
+/// due order, and one job in full; unknown ids and states are clear errors.
+#[tokio::test]
+async fn jobs_and_job_show_what_waits_and_one_job_in_full() {
+    let redis = tally_testkit::redis().await;
+    let producer = Producer::new(client(&redis));
+    let queue = ScoreMatch::QUEUE;
+    let first = producer.enqueue(&ScoreMatch { match_id: 1 }).await.expect("enqueue");
+    let second = producer.enqueue(&ScoreMatch { match_id: 2 }).await.expect("enqueue");
+    let later = producer
+        .enqueue_with(
+            &ScoreMatch { match_id: 3 },
+            tally_queue::EnqueueOptions::delayed(Duration::from_secs(600)),
+        )
+        .await
+        .expect("delayed");
+
+    let out = tally(&redis, &["--json", "queue", "jobs", queue]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let page: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("json");
+    assert_eq!(page["total"], 2, "{page}");
+    let ids: Vec<&str> = page["jobs"]
+        .as_array()
+        .expect("jobs")
+        .iter()
+        .filter_map(|j| j["id"].as_str())
+        .collect();
+    assert_eq!(ids, [first.id.as_str(), second.id.as_str()], "claim order");
+    let out = tally(
+        &redis,
+        &["--json", "queue", "jobs", queue, "--offset", "1", "--limit", "1"],
+    );
+    let page: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("json");
+    assert_eq!(page["jobs"][0]["id"], second.id.as_str(), "{page}");
+    let out = tally(&redis, &["queue", "jobs", queue, "--state", "scheduled"]);
+    assert!(
+        stdout(&out).contains(&later.id) && (stdout(&out).contains("in 600.0s") || stdout(&out).contains("in 599.")),
+        "{}",
+        stdout(&out)
+    );
+
+    let out = tally(&redis, &["--json", "queue", "job", queue, &later.id]);
+    let job: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("json");
+    assert_eq!(
+        (job["state"].as_str(), job["kind"].as_str()),
+        (Some("scheduled"), Some("score_match")),
+        "{job}"
+    );
+    assert!(
+        job["envelope"].as_str().is_some_and(|e| e.contains("\"matchId\":3")),
+        "{job}"
+    );
+    let out = tally(&redis, &["queue", "job", queue, &first.id]);
+    assert!(stdout(&out).contains("state     ready"), "{}", stdout(&out));
+
+    let out = tally(&redis, &["queue", "job", queue, "no-such-job"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("tally queue jobs"), "{}", stderr(&out));
+    let out = tally(&redis, &["queue", "jobs", queue, "--state", "running"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("inFlight"), "{}", stderr(&out));
+    let out = tally(&redis, &["queue", "jobs", queue, "--limit", "501"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+}
