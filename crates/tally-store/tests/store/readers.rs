@@ -149,3 +149,62 @@ async fn control_the_naive_materialized_view_refresh_does_block_readers() {
     assert_eq!(error.code(), Some(&SqlState::LOCK_NOT_AVAILABLE), "{error}");
     tx.commit().await.expect("commit");
 }
+
+/// A page found through `leaderboard_ranks` (a deep page skips only the
+/// entries of its first points value, `sql/leaderboard.sql`) holds the rows
+/// `ORDER BY points DESC, user_id OFFSET n` gives: at every offset, for
+/// several page sizes, on every board, and past the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_page_equals_the_plain_offset_query() {
+    let (_db, store, writer, _summary) = seeded(&options()).await;
+    let boards: Vec<i64> = writer
+        .query("SELECT DISTINCT board_id FROM leaderboard_entries ORDER BY 1", &[])
+        .await
+        .expect("boards")
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert!(boards.len() >= 3, "the overall board and two competitions: {boards:?}");
+    let plain = "SELECT e.user_id, r.rank::bigint, e.points::bigint
+                 FROM leaderboard_entries AS e
+                 JOIN leaderboard_ranks AS r ON r.board_id = e.board_id AND r.points = e.points
+                 WHERE e.board_id = $1
+                 ORDER BY e.points DESC, e.user_id
+                 LIMIT $2 OFFSET $3";
+    let mut ties = 0;
+    for &board in &boards {
+        let total: i64 = writer
+            .query_one(
+                "SELECT count(*) FROM leaderboard_entries WHERE board_id = $1",
+                &[&board],
+            )
+            .await
+            .expect("count")
+            .get(0);
+        let competition = (board != 0).then_some(board);
+        for limit in [1_i64, 7, 50] {
+            for offset in 0..=total + 2 {
+                let got: Vec<(i64, i64, i64)> = store
+                    .leaderboard(competition, limit, offset)
+                    .await
+                    .expect("page")
+                    .iter()
+                    .map(|r| (r.user_id, r.rank, r.points))
+                    .collect();
+                let want: Vec<(i64, i64, i64)> = writer
+                    .query(plain, &[&board, &limit, &offset])
+                    .await
+                    .expect("plain page")
+                    .iter()
+                    .map(|row| (row.get(0), row.get(1), row.get(2)))
+                    .collect();
+                assert_eq!(got, want, "board {board}, limit {limit}, offset {offset}");
+                ties += usize::from(want.windows(2).any(|w| w[0].2 == w[1].2));
+            }
+        }
+    }
+    assert!(
+        ties > 0,
+        "the boards have tied points, so pages start inside a points value"
+    );
+}
