@@ -11,7 +11,7 @@ use redis::AsyncCommands as _;
 use serde::Serialize;
 use tally_jobs::{Envelope, Priority};
 
-use crate::admin::QueueAdmin;
+use crate::admin::{DeadJob, QueueAdmin};
 use crate::{QueueError, QueueKeys};
 
 /// Most jobs one page holds.
@@ -248,22 +248,7 @@ impl QueueAdmin {
                     .dead_list(queue, offset as usize, limit as usize)
                     .await?
                     .into_iter()
-                    .map(|dead| JobSummary {
-                        id: dead.id,
-                        kind: dead.kind,
-                        state: JobState::Dead,
-                        priority: None,
-                        attempts: dead.attempts,
-                        crashes: dead.crashes,
-                        errors: dead.errors,
-                        created_at_ms: dead
-                            .envelope
-                            .as_deref()
-                            .and_then(|e| Envelope::decode(e.as_bytes()).ok())
-                            .map(|e| e.created_at_ms),
-                        at_ms: Some(dead.died_at_ms),
-                        error: Some(dead.error),
-                    })
+                    .map(|dead| dead_detail(dead).summary)
                     .collect();
                 return Ok(JobPage {
                     state,
@@ -357,27 +342,33 @@ impl QueueAdmin {
         let Some(dead) = self.dead_get(queue, id).await? else {
             return Ok(None);
         };
-        let decoded = dead
-            .envelope
-            .as_deref()
-            .and_then(|e| Envelope::decode(e.as_bytes()).ok());
-        Ok(Some(JobDetail {
-            summary: JobSummary {
-                id: dead.id,
-                kind: dead.kind,
-                state: JobState::Dead,
-                priority: None,
-                attempts: dead.attempts,
-                crashes: dead.crashes,
-                errors: dead.errors,
-                created_at_ms: decoded.as_ref().map(|e| e.created_at_ms),
-                at_ms: Some(dead.died_at_ms),
-                error: Some(dead.error),
-            },
-            trace_id: decoded.as_ref().and_then(trace_id),
-            dedup_key: decoded.and_then(|e| e.dedup_key),
-            envelope: dead.envelope,
-        }))
+        Ok(Some(dead_detail(dead)))
+    }
+}
+
+/// A dead job in full, its envelope decoded once (it may not decode: then
+/// only the raw bytes are shown).
+fn dead_detail(dead: DeadJob) -> JobDetail {
+    let decoded = dead
+        .envelope
+        .as_deref()
+        .and_then(|e| Envelope::decode(e.as_bytes()).ok());
+    JobDetail {
+        summary: JobSummary {
+            id: dead.id,
+            kind: dead.kind,
+            state: JobState::Dead,
+            priority: None,
+            attempts: dead.attempts,
+            crashes: dead.crashes,
+            errors: dead.errors,
+            created_at_ms: decoded.as_ref().map(|e| e.created_at_ms),
+            at_ms: Some(dead.died_at_ms),
+            error: Some(dead.error),
+        },
+        trace_id: decoded.as_ref().and_then(trace_id),
+        dedup_key: decoded.and_then(|e| e.dedup_key),
+        envelope: dead.envelope,
     }
 }
 
