@@ -155,21 +155,6 @@ async fn api_guard(
     }
 }
 
-/// The method as metrics name it (any token is a valid method: passing it
-/// through would let a caller mint a time series per request).
-fn method_label(method: &Method) -> &'static str {
-    match *method {
-        Method::GET => "GET",
-        Method::POST => "POST",
-        Method::PUT => "PUT",
-        Method::DELETE => "DELETE",
-        Method::PATCH => "PATCH",
-        Method::HEAD => "HEAD",
-        Method::OPTIONS => "OPTIONS",
-        _ => "other",
-    }
-}
-
 /// Security headers on every answer, and request metrics per route
 /// pattern (never per raw path). The metrics have names of their own
 /// (`tally_admin_http_*`): the gateway's alerts read `tally_http_*`, and
@@ -179,7 +164,7 @@ async fn headers_and_metrics(
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let started = Instant::now();
-    let method = method_label(req.method());
+    let method = tally_service::http::method_label(req.method());
     let route = req.match_pattern().unwrap_or_else(|| "unmatched".to_owned());
     let mut response = next.call(req).await?;
     let headers = response.headers_mut();

@@ -8,7 +8,6 @@ use actix_web::{
     App, HttpServer,
     body::MessageBody,
     dev::{ServiceRequest, ServiceResponse},
-    http::Method,
     middleware::{Next, from_fn},
     web,
 };
@@ -46,23 +45,6 @@ impl std::fmt::Debug for Application {
     }
 }
 
-/// The method as metrics and spans name it: one of the standard methods, or
-/// `other` for anything else. Any token is a valid HTTP method and the label
-/// is recorded before authentication, so passing methods through would let
-/// any caller mint a new time series per request.
-fn method_label(method: &Method) -> &'static str {
-    match *method {
-        Method::GET => "GET",
-        Method::POST => "POST",
-        Method::PUT => "PUT",
-        Method::DELETE => "DELETE",
-        Method::PATCH => "PATCH",
-        Method::HEAD => "HEAD",
-        Method::OPTIONS => "OPTIONS",
-        _ => "other",
-    }
-}
-
 /// Records request count and latency per route pattern (not per raw path)
 /// and per standard method, so a scanner cannot blow up the metric's
 /// cardinality.
@@ -71,7 +53,7 @@ async fn record_metrics(
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let started = Instant::now();
-    let method = method_label(req.method());
+    let method = tally_service::http::method_label(req.method());
     let route = req.match_pattern().unwrap_or_else(|| "unmatched".to_owned());
     // The request span: a trace starts here and travels on inside the
     // enqueued job.

@@ -12,6 +12,7 @@
 
 pub mod args;
 pub mod health;
+pub mod http;
 pub mod observe;
 pub mod shutdown;
 pub mod startup;
