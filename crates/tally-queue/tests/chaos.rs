@@ -124,21 +124,7 @@ async fn chaos_child_worker() {
         })
         .build()
         .expect("build");
-    // Shut down on SIGTERM, or when the parent goes away (stdin closes).
-    let shutdown = async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal");
-        let (tx, orphaned) = tokio::sync::oneshot::channel::<()>();
-        std::thread::spawn(move || {
-            let mut buf = [0_u8; 64];
-            while std::io::Read::read(&mut std::io::stdin(), &mut buf).is_ok_and(|n| n > 0) {}
-            let _ = tx.send(());
-        });
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = orphaned => {}
-        }
-    };
-    let report = worker.run_until(shutdown).await;
+    let report = worker.run_until(common::terminated_or_orphaned()).await;
     std::process::exit(i32::from(report.is_err()));
 }
 

@@ -20,6 +20,7 @@ use std::time::Duration;
 use common::{Echo, QUEUE, eventually};
 use redis::AsyncCommands as _;
 use tally_queue::{JobContext, JobError, Producer, QueueAdmin, QueueClient, QueueConfig, QueueKeys, Worker};
+use tally_testkit::script_calls;
 
 const CHILD_ENV: &str = "TALLY_QUEUE_CONTROLS_CHILD";
 /// Worker processes and the concurrency of each.
@@ -98,20 +99,7 @@ async fn controls_child_worker() {
         })
         .build()
         .expect("build");
-    let shutdown = async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal");
-        let (tx, orphaned) = tokio::sync::oneshot::channel::<()>();
-        std::thread::spawn(move || {
-            let mut buf = [0_u8; 64];
-            while std::io::Read::read(&mut std::io::stdin(), &mut buf).is_ok_and(|n| n > 0) {}
-            let _ = tx.send(());
-        });
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = orphaned => {}
-        }
-    };
-    let report = worker.run_until(shutdown).await;
+    let report = worker.run_until(common::terminated_or_orphaned()).await;
     std::process::exit(i32::from(report.is_err()));
 }
 
@@ -138,22 +126,6 @@ fn kill_all(children: &mut Vec<Child>) {
 
 async fn observed(conn: &mut redis::aio::MultiplexedConnection, prefix: &str) -> HashMap<String, i64> {
     conn.hgetall(observe_key(prefix)).await.expect("observed")
-}
-
-/// Script calls (EVAL and EVALSHA) Redis has answered since it started.
-async fn script_calls(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(conn)
-        .await
-        .expect("INFO");
-    info.lines()
-        .filter(|line| line.starts_with("cmdstat_evalsha:") || line.starts_with("cmdstat_eval:"))
-        .filter_map(|line| {
-            let calls = line.split_once("calls=")?.1;
-            calls.split(',').next()?.parse::<u64>().ok()
-        })
-        .sum()
 }
 
 /// Waits until Redis has answered `at_least` more script calls than

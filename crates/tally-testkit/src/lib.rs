@@ -51,7 +51,8 @@
 //! directories and their watchdogs, `process` holds the process plumbing
 //! shared by both servers, `redis_server` and `postgres_server` are the
 //! dedicated servers, `shared` the per-process shared Redis and per-test
-//! namespaces, `databases` the shared PostgreSQL and per-test databases.
+//! namespaces, `databases` the shared PostgreSQL and per-test databases,
+//! `wait` polling for a condition and counting a Redis server's script calls.
 //!
 //! Everything PostgreSQL is behind the `postgres` feature (on by default):
 //! a crate whose tests need Redis only (the gateway, which must link no
@@ -71,6 +72,7 @@ mod redis_cluster;
 mod redis_server;
 mod scratch;
 mod shared;
+mod wait;
 
 pub use binaries::faketime;
 #[cfg(feature = "postgres")]
@@ -82,3 +84,4 @@ pub use proxy::SilentProxy;
 pub use redis_cluster::RedisCluster;
 pub use redis_server::{RedisOptions, RedisServer};
 pub use shared::{TestRedis, redis};
+pub use wait::{eventually, script_calls};

@@ -6,7 +6,6 @@
 
 #![allow(dead_code, reason = "each test binary uses a different part of the harness")]
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -350,22 +349,7 @@ impl TestWorker {
     }
 }
 
-/// Polls `check` every 20 ms until it returns true; panics after `limit`
-/// (a guard against hanging, not a timing assertion).
-pub async fn eventually<F, Fut>(what: &str, limit: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        if check().await {
-            return;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+pub use tally_testkit::eventually;
 
 /// Script calls (`EVALSHA`/`EVAL`) a Redis server has answered: with the
 /// promoter and the reaper off, a worker's claims.
@@ -375,15 +359,7 @@ pub async fn script_calls(url: &str) -> u64 {
         .get_multiplexed_async_connection()
         .await
         .expect("connect");
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(&mut conn)
-        .await
-        .expect("INFO");
-    info.lines()
-        .filter(|line| line.starts_with("cmdstat_evalsha:") || line.starts_with("cmdstat_eval:"))
-        .filter_map(|line| line.split_once("calls=")?.1.split(',').next()?.parse::<u64>().ok())
-        .sum()
+    tally_testkit::script_calls(&mut conn).await
 }
 
 /// Makes `n` dead `ScoreMatch` jobs (ids `dead-<i>`) by running them through

@@ -4,7 +4,6 @@
 
 #![allow(dead_code, reason = "each test binary uses a different part of the harness")]
 
-use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -142,20 +141,21 @@ pub fn spawn(worker: Worker) -> Running {
     Running { stop: Some(tx), handle }
 }
 
-/// Polls `check` every 10 ms until it returns true; panics after `limit`
-/// (a guard against hanging, not a timing assertion).
-pub async fn eventually<F, Fut>(what: &str, limit: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        if check().await {
-            return;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
+pub use tally_testkit::eventually;
+
+/// The shutdown of a child worker process: SIGTERM, or its parent (the test)
+/// going away, which closes the child's stdin, so no child outlives a test.
+pub async fn terminated_or_orphaned() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal");
+    let (tx, orphaned) = oneshot::channel::<()>();
+    std::thread::spawn(move || {
+        let mut buf = [0_u8; 64];
+        while std::io::Read::read(&mut std::io::stdin(), &mut buf).is_ok_and(|n| n > 0) {}
+        let _ = tx.send(());
+    });
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = orphaned => {}
     }
 }
 
