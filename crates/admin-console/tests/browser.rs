@@ -125,6 +125,17 @@ impl Drop for Driver {
     }
 }
 
+/// Clicks the element `css` selects (which must be there).
+async fn click(browser: &Client, css: &str) {
+    browser
+        .find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("find {css}: {e}"))
+        .click()
+        .await
+        .unwrap_or_else(|e| panic!("click {css}: {e}"));
+}
+
 /// Runs `expr` (a JavaScript expression) in the page until it is truthy.
 async fn until(browser: &Client, what: &str, expr: &str) {
     let script = format!("try {{ return Boolean({expr}); }} catch (e) {{ return false; }}");
@@ -211,13 +222,7 @@ async fn log_in(browser: &Client, base: &str, token: &str) {
         .await
         .expect("token field");
     field.send_keys(token).await.expect("type the token");
-    browser
-        .find(Locator::Css("#login-submit"))
-        .await
-        .expect("button")
-        .click()
-        .await
-        .expect("submit");
+    click(browser, "#login-submit").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -304,13 +309,7 @@ async fn story(browser: Client) {
     .await;
 
     // 3. The dead set, then one dead job.
-    browser
-        .find(Locator::Css(r#".card[data-queue="scoring"] a[data-field="dead"]"#))
-        .await
-        .expect("dead link")
-        .click()
-        .await
-        .expect("open the dead set");
+    click(&browser, r#".card[data-queue="scoring"] a[data-field="dead"]"#).await;
     until(&browser, "the dead set", "document.body.dataset.state === 'dead'").await;
     until(
         &browser,
@@ -324,13 +323,7 @@ async fn story(browser: Client) {
     assert!(error.contains("refused match 17"), "{error}");
     screenshot(&browser, "dead-set").await;
 
-    browser
-        .find(Locator::Css(r#"tr[data-id="match-17-score"] a.job-link"#))
-        .await
-        .expect("job link")
-        .click()
-        .await
-        .expect("open the job");
+    click(&browser, r#"tr[data-id="match-17-score"] a.job-link"#).await;
     until(&browser, "the job page", "document.body.dataset.page === 'job'").await;
     assert_eq!(
         text(&browser, r#".badge[data-field="state"]"#).await.as_deref(),
@@ -352,13 +345,7 @@ async fn story(browser: Client) {
 
     // 4. Retry it; the worker (fixed now) completes it.
     scoring.set_refuse(false);
-    browser
-        .find(Locator::Css(r#"button[data-action="retry-job"]"#))
-        .await
-        .expect("retry button")
-        .click()
-        .await
-        .expect("retry");
+    click(&browser, r#"button[data-action="retry-job"]"#).await;
     until(
         &browser,
         "the job has completed and left the queue",
@@ -415,13 +402,7 @@ async fn story(browser: Client) {
     scoring_worker.stop().await;
     browser.goto(&format!("{base}/queues/stats")).await.expect("stats page");
     until(&browser, "the stats page", "document.body.dataset.queue === 'stats'").await;
-    browser
-        .find(Locator::Css("#pause"))
-        .await
-        .expect("pause")
-        .click()
-        .await
-        .expect("pause");
+    click(&browser, "#pause").await;
     until(
         &browser,
         "paused",
@@ -487,13 +468,7 @@ async fn story(browser: Client) {
         "!document.getElementById('resume').hidden",
     )
     .await;
-    browser
-        .find(Locator::Css("#resume"))
-        .await
-        .expect("resume")
-        .click()
-        .await
-        .expect("resume");
+    click(&browser, "#resume").await;
     until(
         &browser,
         "running",
@@ -516,22 +491,10 @@ async fn story(browser: Client) {
     let input = browser.find(Locator::Css("#limit-input")).await.expect("limit input");
     input.clear().await.expect("clear");
     input.send_keys("2").await.expect("type");
-    browser
-        .find(Locator::Css("#limit-form button[type=submit]"))
-        .await
-        .expect("set")
-        .click()
-        .await
-        .expect("set limit");
+    click(&browser, "#limit-form button[type=submit]").await;
     until(&browser, "the limit shown", &text_is(r#"[data-field="limit"]"#, "2")).await;
     assert_eq!(admin.control("stats").await.expect("control").limit, Some(2));
-    browser
-        .find(Locator::Css(r#"button[data-action="unlimit"]"#))
-        .await
-        .expect("unlimit")
-        .click()
-        .await
-        .expect("remove limit");
+    click(&browser, r#"button[data-action="unlimit"]"#).await;
     until(&browser, "no limit", &text_is(r#"[data-field="limit"]"#, "none")).await;
     assert_eq!(admin.control("stats").await.expect("control").limit, None);
 
@@ -595,13 +558,7 @@ async fn story(browser: Client) {
 
     // 11. A read-only login sees the data and no controls; logging out ends
     //     the session.
-    browser
-        .find(Locator::Css("form.logout button"))
-        .await
-        .expect("log out")
-        .click()
-        .await
-        .expect("log out");
+    click(&browser, "form.logout button").await;
     until(&browser, "the login page", "document.querySelector('#token') !== null").await;
     log_in(&browser, &base, READ_TOKEN).await;
     until(&browser, "the overview", "document.body.dataset.page === 'overview'").await;
