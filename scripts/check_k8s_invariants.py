@@ -420,6 +420,18 @@ def selects(selector: dict | None, labels: dict) -> bool:
     return bool(match_labels or selector.get("matchExpressions"))
 
 
+def policies_for(manifests: Manifests, labels: dict, direction: str) -> list[dict]:
+    """The NetworkPolicies that select pods with `labels` and restrict
+    `direction` ("Ingress" or "Egress"); a policy without `policyTypes`
+    counts as an ingress policy."""
+    default = ["Ingress"] if direction == "Ingress" else []
+    return [
+        p
+        for p in manifests.of_kind("NetworkPolicy")
+        if selects(p.get("spec", {}).get("podSelector"), labels) and direction in (p.get("spec", {}).get("policyTypes") or default)
+    ]
+
+
 def check_gateway_service(manifests: Manifests, report: Report) -> tuple[dict | None, int | None]:
     """The gateway Service routes to the gateway's listening port; returns (service, service port)."""
     deployment = manifests.get("Deployment", GATEWAY)
@@ -496,11 +508,7 @@ def check_network_policy(manifests: Manifests, report: Report) -> None:
     gateway_labels = pod_template(gateway).get("metadata", {}).get("labels", {})
     cron_labels = pod_template(cronjobs[0]).get("metadata", {}).get("labels", {})
     namespace = gateway.get("metadata", {}).get("namespace")
-    policies = [
-        p
-        for p in manifests.of_kind("NetworkPolicy")
-        if selects(p.get("spec", {}).get("podSelector"), gateway_labels) and "Ingress" in (p.get("spec", {}).get("policyTypes") or ["Ingress"])
-    ]
+    policies = policies_for(manifests, gateway_labels, "Ingress")
     if not report.check(len(policies) >= 1, "NetworkPolicy", "no policy restricts ingress to the gateway"):
         return
     cron_allowed = False
@@ -582,11 +590,7 @@ def check_console(manifests: Manifests, report: Report) -> None:
     gateway_service = manifests.get("Service", GATEWAY)
     if gateway_service is not None:
         report.check(not selects({"matchLabels": gateway_service.get("spec", {}).get("selector") or {}}, labels), label(gateway_service), "selects the console's pods: the console is never behind the gateway")
-    policies = [
-        p
-        for p in manifests.of_kind("NetworkPolicy")
-        if selects(p.get("spec", {}).get("podSelector"), labels) and "Ingress" in (p.get("spec", {}).get("policyTypes") or ["Ingress"])
-    ]
+    policies = policies_for(manifests, labels, "Ingress")
     if not report.check(len(policies) >= 1, "NetworkPolicy", "no policy restricts ingress to the console"):
         return
     for policy in policies:
@@ -662,11 +666,7 @@ def check_redis_only_egress(manifests: Manifests, report: Report, name: str) -> 
     if deployment is None:
         return
     pod_labels = pod_template(deployment).get("metadata", {}).get("labels", {})
-    policies = [
-        p
-        for p in manifests.of_kind("NetworkPolicy")
-        if selects(p.get("spec", {}).get("podSelector"), pod_labels) and "Egress" in (p.get("spec", {}).get("policyTypes") or [])
-    ]
+    policies = policies_for(manifests, pod_labels, "Egress")
     if not report.check(len(policies) >= 1, "NetworkPolicy", f"no policy limits the egress of {name} (it needs Redis, DNS and telemetry only)"):
         return
     allowed: set[tuple[str, int]] = set()
