@@ -805,6 +805,7 @@ mod tests {
             created_at_ms: Some(0),
             at_ms: Some(0),
             error: Some("</td><script>alert(2)</script>".into()),
+            partition: 0,
         };
         let row = job_row("stats", &job, true, 0);
         assert!(!row.contains("<script>") && !row.contains("<img"), "{row}");

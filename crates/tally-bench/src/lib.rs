@@ -22,16 +22,30 @@ pub use pipeline::{PipelineOptions, PipelineReport};
 /// when the benchmark ends. Returns the JSON report.
 pub async fn queue(redis_url: Option<String>) -> anyhow::Result<serde_json::Value> {
     let mut settings = queue::BenchSettings::from_env()?;
-    let private = if let Some(url) = redis_url {
+    // `BENCH_REDIS=cluster`: a private local cluster (three masters, a
+    // replica each) instead of one private redis-server.
+    let cluster = match std::env::var("BENCH_REDIS").as_deref() {
+        Err(_) | Ok("" | "single") => false,
+        Ok("cluster") => true,
+        Ok(other) => anyhow::bail!("BENCH_REDIS={other:?}: expected `single` (the default) or `cluster`"),
+    };
+    let mut private_server = None;
+    let mut private_cluster = None;
+    if let Some(url) = redis_url {
         settings.redis_url = url;
-        None
+    } else if cluster {
+        let c = tally_testkit::RedisCluster::start().await?;
+        // Every node is a seed, so each one's CPU is measured.
+        settings.redis_url = c.url();
+        private_cluster = Some(c);
     } else {
         let server = tally_testkit::RedisServer::start(tally_testkit::RedisOptions::default()).await?;
         settings.redis_url = server.url();
-        Some(server)
-    };
+        private_server = Some(server);
+    }
     let report = queue::run(settings).await;
-    drop(private);
+    drop(private_server);
+    drop(private_cluster);
     Ok(report?)
 }
 

@@ -75,6 +75,8 @@ pub struct BenchSettings {
     pub warmup_jobs: usize,
     /// A phase not done by then is reported with `complete: false`.
     pub phase_timeout: Duration,
+    /// Partitions of each phase's queue (1: not partitioned).
+    pub partitions: u32,
 }
 
 impl Default for BenchSettings {
@@ -99,6 +101,7 @@ impl Default for BenchSettings {
             retry_backoff_ms: 100,
             warmup_jobs: 2000,
             phase_timeout: Duration::from_mins(1),
+            partitions: 1,
         }
     }
 }
@@ -157,6 +160,16 @@ impl BenchSettings {
                 d.phase_timeout.as_secs(),
                 "whole seconds",
             )?),
+            partitions: match env.parsed("PARTITIONS", d.partitions, "a whole number from 1 to 64")? {
+                p @ 1..=tally_queue::MAX_PARTITIONS => p,
+                p => {
+                    return Err(SettingsError::Invalid {
+                        name: "PARTITIONS",
+                        shown: p.to_string(),
+                        reason: "expected a whole number from 1 to 64".into(),
+                    });
+                }
+            },
         })
     }
 
@@ -178,6 +191,7 @@ impl BenchSettings {
             "RETRY_BACKOFF_MS": self.retry_backoff_ms,
             "WARMUP_JOBS": self.warmup_jobs,
             "PHASE_TIMEOUT_S": self.phase_timeout.as_secs(),
+            "PARTITIONS": self.partitions,
         })
     }
 }
@@ -357,7 +371,8 @@ fn rfc3339_now() -> String {
 
 struct Bench {
     settings: BenchSettings,
-    admin_conn: redis::aio::MultiplexedConnection,
+    /// One connection per Redis server (each node of a cluster), by address.
+    admin_conns: Vec<(String, redis::aio::MultiplexedConnection)>,
     pad: String,
     seq: AtomicU64,
 }
@@ -369,40 +384,66 @@ struct PhaseQueue {
 }
 
 impl Bench {
-    async fn server_stats(&self) -> Result<(f64, f64), QueueError> {
-        let mut conn = self.admin_conn.clone();
-        let info: String = redis::cmd("INFO").query_async(&mut conn).await?;
-        let field = |name: &str| {
-            info.lines()
-                .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(':')))
-                .and_then(|v| v.trim().parse::<f64>().ok())
-                .unwrap_or(0.0)
-        };
-        Ok((
-            field("used_cpu_user") + field("used_cpu_sys"),
-            field("total_commands_processed"),
-        ))
+    /// CPU seconds used and commands processed so far, per server.
+    async fn server_stats(&self) -> Result<Vec<(f64, f64)>, QueueError> {
+        let mut out = Vec::with_capacity(self.admin_conns.len());
+        for (_, conn) in &self.admin_conns {
+            let mut conn = conn.clone();
+            let info: String = redis::cmd("INFO").query_async(&mut conn).await?;
+            let field = |name: &str| {
+                info.lines()
+                    .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(':')))
+                    .and_then(|v| v.trim().parse::<f64>().ok())
+                    .unwrap_or(0.0)
+            };
+            out.push((
+                field("used_cpu_user") + field("used_cpu_sys"),
+                field("total_commands_processed"),
+            ));
+        }
+        Ok(out)
     }
 
-    /// Runs `block`, adding the `cost` object to its result.
+    /// Runs `block`, adding the `cost` object to its result (on a cluster
+    /// with each node's share of the Redis CPU).
     async fn cost_of<F>(&self, jobs: usize, block: F) -> Result<Value, QueueError>
     where
         F: Future<Output = Result<Value, QueueError>>,
     {
-        let (cpu0, cmd0) = self.server_stats().await?;
+        let before = self.server_stats().await?;
         let client0 = process_cpu_seconds();
         let mut result = block.await?;
         let client_cpu = process_cpu_seconds() - client0;
-        let (cpu1, cmd1) = self.server_stats().await?;
-        let redis_cpu = cpu1 - cpu0;
+        let after = self.server_stats().await?;
+        let per_node: Vec<(f64, f64)> = before
+            .iter()
+            .zip(&after)
+            .map(|((cpu0, cmd0), (cpu1, cmd1))| (cpu1 - cpu0, cmd1 - cmd0))
+            .collect();
+        let redis_cpu: f64 = per_node.iter().map(|(cpu, _)| cpu).sum();
+        let commands: f64 = per_node.iter().map(|(_, cmds)| cmds).sum();
         let jobs = jobs.max(1) as f64;
         result["cost"] = json!({
             "clientCpuS": round(client_cpu, 3),
             "redisCpuS": round(redis_cpu, 3),
             "clientCpuUsPerJob": round(client_cpu * 1e6 / jobs, 1),
             "redisCpuUsPerJob": round(redis_cpu * 1e6 / jobs, 1),
-            "redisCommandsPerJob": round((cmd1 - cmd0) / jobs, 2),
+            "redisCommandsPerJob": round(commands / jobs, 2),
         });
+        if per_node.len() > 1 {
+            result["cost"]["byNode"] = per_node
+                .iter()
+                .zip(&self.admin_conns)
+                .map(|((cpu, cmds), (addr, _))| {
+                    json!({
+                        "node": addr,
+                        "redisCpuS": round(*cpu, 3),
+                        "share": round(if redis_cpu > 0.0 { cpu / redis_cpu } else { 0.0 }, 3),
+                        "commands": cmds,
+                    })
+                })
+                .collect();
+        }
         Ok(result)
     }
 
@@ -420,6 +461,11 @@ impl Bench {
         let seq = self.seq.fetch_add(1, Ordering::SeqCst) + 1;
         let prefix = format!("tallybench-{tag}-{}-{seq}", std::process::id());
         let client = QueueClient::connect(&self.settings.redis_url, QueueConfig::with_prefix(prefix)).await?;
+        if self.settings.partitions > 1 {
+            QueueAdmin::new(client.clone())
+                .set_partitions(BenchJob::QUEUE, self.settings.partitions)
+                .await?;
+        }
         Ok(PhaseQueue {
             producer: Producer::new(client.clone()),
             client,
@@ -783,22 +829,36 @@ impl Bench {
 /// Runs the phases in `settings` and returns the result object (the JSON
 /// line `bench.mjs` prints, with `"queue":"tally"`).
 pub async fn run(settings: BenchSettings) -> Result<Value, QueueError> {
-    let host = settings
-        .redis_url
-        .split("://")
-        .nth(1)
-        .unwrap_or("")
-        .split(['/', ':', '@'])
-        .next()
-        .unwrap_or("");
-    if !(host == "localhost" || host.starts_with("127.") || host == "[::1]") {
-        return Err(QueueError::Config(format!(
-            "refusing non-loopback REDIS_URL {}",
-            settings.redis_url
-        )));
+    let nodes = tally_queue::cluster_seed_urls(&settings.redis_url).unwrap_or_else(|| vec![settings.redis_url.clone()]);
+    let mut admin_conns = Vec::with_capacity(nodes.len());
+    for node in &nodes {
+        let host = node
+            .split("://")
+            .nth(1)
+            .unwrap_or("")
+            .rsplit('@')
+            .next()
+            .unwrap_or("")
+            .split(['/', ':'])
+            .next()
+            .unwrap_or("");
+        if !(host == "localhost" || host.starts_with("127.") || host == "[::1]") {
+            return Err(QueueError::Config(format!(
+                "refusing non-loopback REDIS_URL {}",
+                settings.redis_url
+            )));
+        }
+        let client = redis::Client::open(node.as_str()).map_err(|e| QueueError::Config(e.to_string()))?;
+        let conn = client.get_multiplexed_async_connection().await?;
+        let addr = node
+            .split("://")
+            .nth(1)
+            .unwrap_or(node)
+            .trim_end_matches('/')
+            .to_owned();
+        admin_conns.push((addr, conn));
     }
-    let client = redis::Client::open(settings.redis_url.as_str()).map_err(|e| QueueError::Config(e.to_string()))?;
-    let mut admin_conn = client.get_multiplexed_async_connection().await?;
+    let mut admin_conn = admin_conns[0].1.clone();
     let info: String = redis::cmd("INFO").arg("server").query_async(&mut admin_conn).await?;
     let redis_version = info
         .lines()
@@ -831,10 +891,11 @@ pub async fn run(settings: BenchSettings) -> Result<Value, QueueError> {
         "startedAt": rfc3339_now(),
         "host": { "cpus": cpus, "loadavgBefore": loadavg() },
         "params": settings.params(),
+        "redisNodes": nodes.len(),
     });
     let bench = Bench {
         settings,
-        admin_conn,
+        admin_conns,
         pad,
         seq: AtomicU64::new(0),
     };

@@ -229,6 +229,17 @@ pub enum QueueCommand {
         #[arg(value_parser = limit_value)]
         limit: LimitValue,
     },
+    /// Show a queue's partition count, or grow it: each partition is a hash
+    /// slot of its own, so on a Redis Cluster one busy queue spreads over
+    /// several masters. Partitions can be added, never removed.
+    Partitions {
+        /// Queue.
+        #[arg(value_parser = crate::commands::QUEUES)]
+        queue: String,
+        /// The new count (1 to 64, not below the current one); omit to show it.
+        #[arg(value_parser = clap::value_parser!(u32).range(1..=i64::from(tally_queue::MAX_PARTITIONS)))]
+        count: Option<u32>,
+    },
     /// Jobs of a queue in one state, a page at a time (ready ones in claim
     /// order, scheduled ones by due time, in-flight ones by lease expiry,
     /// dead ones newest first).

@@ -53,6 +53,7 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
             queue_control(&cli, queue, Control::Limit(limit.0)).await
         }
         Command::Queue(QueueCommand::Workers { queues }) => workers(&cli, queues).await,
+        Command::Queue(QueueCommand::Partitions { queue, count }) => partitions(&cli, queue, *count).await,
         Command::Queue(QueueCommand::Jobs {
             queue,
             state,
@@ -488,6 +489,27 @@ async fn queue_control(cli: &Cli, queue: &str, change: Control) -> anyhow::Resul
     Ok(())
 }
 
+async fn partitions(cli: &Cli, queue: &str, count: Option<u32>) -> anyhow::Result<()> {
+    let client = connect_queue(cli).await?;
+    let before = client.partitions(queue).await?;
+    let refresh = client.config().partition_refresh;
+    let now = match count {
+        Some(count) => QueueAdmin::new(client).set_partitions(queue, count).await?,
+        None => before,
+    };
+    if cli.json {
+        let out = with_redis(cli, json!({ "queue": queue, "partitions": now, "before": before }))?;
+        return print_json(&out);
+    }
+    if now == before {
+        println!("{queue}: {now} partition{}", if now == 1 { "" } else { "s" });
+    } else {
+        println!("{queue}: {before} -> {now} partitions");
+        println!("producers route to the new partitions, and workers serve them, within {refresh:.0?}");
+    }
+    Ok(())
+}
+
 /// A time in ms since the epoch as an age or a wait from now ("3.2s ago",
 /// "in 12.0s").
 fn relative(now: u64, at: u64) -> String {
@@ -691,7 +713,11 @@ async fn queue_stats(cli: &Cli, queues: &[String]) -> anyhow::Result<()> {
                 .map_or_else(|| "-".into(), |ms| format!("{:.1}s", ms as f64 / 1000.0)),
             s.counters.completed.to_string(),
             s.counters.retried.to_string(),
-            control_text(s.paused, s.limit),
+            if s.partitions > 1 {
+                format!("{}, {} partitions", control_text(s.paused, s.limit), s.partitions)
+            } else {
+                control_text(s.paused, s.limit)
+            },
         ]);
         all.insert(name.clone(), serde_json::to_value(&s)?);
     }

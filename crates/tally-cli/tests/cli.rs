@@ -1039,3 +1039,61 @@ async fn jobs_and_job_show_what_waits_and_one_job_in_full() {
     let out = tally(&redis, &["queue", "jobs", queue, "--limit", "501"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
 }
+
+/// `tally queue partitions`: shows the count, grows it (stats then add the
+/// partitions up), and refuses to shrink it or to go past the maximum.
+#[tokio::test]
+async fn partitions_show_grow_and_refuse_to_shrink() {
+    let redis = tally_testkit::redis().await;
+    let queue = "stats";
+    let out = tally(&redis, &["queue", "partitions", queue]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), "stats: 1 partition");
+    let out = tally(&redis, &["--json", "queue", "partitions", queue, "3"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let json: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("json");
+    assert_eq!(
+        (json["partitions"].as_u64(), json["before"].as_u64()),
+        (Some(3), Some(1)),
+        "{json}"
+    );
+    assert_eq!(client(&redis).partitions(queue).await.expect("count"), 3);
+
+    let jobs = vec![tally_jobs::RefreshViews::example(); 9];
+    let never = tally_queue::EnqueueOptions {
+        dedup: tally_queue::Dedup::Never,
+        ..tally_queue::EnqueueOptions::default()
+    };
+    Producer::new(client(&redis))
+        .enqueue_batch_with(&jobs, &never)
+        .await
+        .expect("enqueue");
+    let out = tally(&redis, &["--json", "queue", "stats", "--queue", queue]);
+    let json: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("json");
+    let stats = &json["queues"][queue];
+    assert_eq!(
+        (stats["ready"].as_u64(), stats["partitions"].as_u64()),
+        (Some(9), Some(3)),
+        "{json}"
+    );
+    let out = tally(&redis, &["queue", "stats", "--queue", queue]);
+    assert!(stdout(&out).contains("3 partitions"), "{}", stdout(&out));
+
+    // Shrinking is refused with the reason; out-of-range counts are usage
+    // errors; nothing changes.
+    let out = tally(&redis, &["queue", "partitions", queue, "2"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("can be added, not removed"), "{}", stderr(&out));
+    for bad in ["0", "65", "many"] {
+        let out = tally(&redis, &["queue", "partitions", queue, bad]);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {}", stderr(&out));
+    }
+    assert_eq!(
+        QueueAdmin::new(client(&redis))
+            .stats(queue)
+            .await
+            .expect("stats")
+            .partitions,
+        3
+    );
+}

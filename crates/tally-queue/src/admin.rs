@@ -10,6 +10,7 @@ use tally_jobs::{Envelope, Priority};
 
 use crate::clock::{millis, now_ms};
 use crate::config::check_queue_name;
+use crate::partitions::limit_shares;
 use crate::{QueueClient, QueueError, QueueKeys, scheduler, scripts};
 
 /// Ready jobs per priority.
@@ -66,6 +67,30 @@ pub struct QueueStats {
     /// Most jobs in flight across every worker, when limited
     /// (`QueueAdmin::set_limit`).
     pub limit: Option<u64>,
+    /// How many partitions the queue has (1 unless partitioned,
+    /// `QueueAdmin::set_partitions`); every figure above adds them up.
+    pub partitions: u32,
+}
+
+impl QueueStats {
+    /// Adds one partition's figures to these.
+    fn add(&mut self, p: &Self) {
+        self.ready += p.ready;
+        self.ready_by_priority.high += p.ready_by_priority.high;
+        self.ready_by_priority.normal += p.ready_by_priority.normal;
+        self.ready_by_priority.low += p.ready_by_priority.low;
+        self.scheduled += p.scheduled;
+        self.in_flight += p.in_flight;
+        self.dead += p.dead;
+        self.oldest_ready_age_ms = self.oldest_ready_age_ms.max(p.oldest_ready_age_ms);
+        let (c, o) = (&mut self.counters, &p.counters);
+        c.enqueued += o.enqueued;
+        c.completed += o.completed;
+        c.failed += o.failed;
+        c.retried += o.retried;
+        c.dead += o.dead;
+        c.recovered += o.recovered;
+    }
 }
 
 /// The operator's controls of one queue, as stored in its `control` hash and
@@ -101,6 +126,18 @@ pub struct DeadJob {
     pub died_at_ms: u64,
     /// The envelope as stored (raw, since it may be the reason it died).
     pub envelope: Option<String>,
+}
+
+/// The controls of a queue from those of its partitions: paused when any is
+/// (a pause is written to all), limited by the sum of the shares.
+fn combine_controls(parts: impl Iterator<Item = QueueControl>) -> QueueControl {
+    parts.fold(QueueControl::default(), |total, part| QueueControl {
+        paused: total.paused || part.paused,
+        limit: match (total.limit, part.limit) {
+            (None, None) => None,
+            (a, b) => Some(a.unwrap_or(0) + b.unwrap_or(0)),
+        },
+    })
 }
 
 /// The controls from the fields of a `control` hash.
@@ -153,14 +190,35 @@ impl QueueAdmin {
         Self { client }
     }
 
-    pub(crate) fn keys(&self, queue: &str) -> Result<QueueKeys, QueueError> {
+    /// The keys of every partition of `queue`, in order.
+    pub(crate) async fn partition_keys(&self, queue: &str) -> Result<Vec<QueueKeys>, QueueError> {
         check_queue_name(queue)?;
-        Ok(self.client.keys(queue))
+        self.client.all_partition_keys(queue).await
     }
 
-    /// A snapshot of `queue` (two round trips).
+    /// A snapshot of `queue` (two round trips per partition, the partitions
+    /// at once), its partitions added up.
     pub async fn stats(&self, queue: &str) -> Result<QueueStats, QueueError> {
-        let keys = self.keys(queue)?;
+        let keys = self.partition_keys(queue).await?;
+        let parts = futures::future::try_join_all(keys.iter().map(|k| self.partition_stats(k))).await?;
+        let mut total = QueueStats {
+            partitions: keys.len() as u32,
+            ..QueueStats::default()
+        };
+        for part in &parts {
+            total.add(part);
+        }
+        let control = combine_controls(parts.iter().map(|p| QueueControl {
+            paused: p.paused,
+            limit: p.limit,
+        }));
+        total.paused = control.paused;
+        total.limit = control.limit;
+        Ok(total)
+    }
+
+    /// The snapshot of one partition.
+    async fn partition_stats(&self, keys: &QueueKeys) -> Result<QueueStats, QueueError> {
         let mut conn = self.client.conn();
         let [high, normal, low] = keys.ready_all();
         let mut pipe = redis::pipe();
@@ -240,15 +298,21 @@ impl QueueAdmin {
             },
             paused: control.paused,
             limit: control.limit,
+            partitions: 1,
         })
     }
 
-    /// The controls of `queue` (running and unlimited unless set).
+    /// The controls of `queue` (running and unlimited unless set); of a
+    /// partitioned queue, its limit is the sum of the partitions' shares.
     pub async fn control(&self, queue: &str) -> Result<QueueControl, QueueError> {
-        let keys = self.keys(queue)?;
-        let mut conn = self.client.conn();
-        let fields: HashMap<String, String> = conn.hgetall(keys.control()).await?;
-        Ok(parse_control(&fields))
+        let keys = self.partition_keys(queue).await?;
+        let parts = futures::future::try_join_all(keys.iter().map(|k| async move {
+            let mut conn = self.client.conn();
+            let fields: HashMap<String, String> = conn.hgetall(k.control()).await?;
+            Ok::<_, QueueError>(parse_control(&fields))
+        }))
+        .await?;
+        Ok(combine_controls(parts.into_iter()))
     }
 
     /// Pauses `queue`: from the next claim on no worker takes a job from it
@@ -256,33 +320,49 @@ impl QueueAdmin {
     /// Stored in Redis, so it outlasts worker and Redis restarts (with
     /// persistence). Returns the controls now in force.
     pub async fn pause(&self, queue: &str) -> Result<QueueControl, QueueError> {
-        let keys = self.keys(queue)?;
-        let mut conn = self.client.conn();
-        let () = conn.hset(keys.control(), "paused", "1").await?;
+        for keys in self.partition_keys(queue).await? {
+            let mut conn = self.client.conn();
+            let () = conn.hset(keys.control(), "paused", "1").await?;
+        }
         self.control(queue).await
     }
 
     /// Resumes a paused `queue` (workers notice within `throttle_poll`).
     pub async fn resume(&self, queue: &str) -> Result<QueueControl, QueueError> {
-        let keys = self.keys(queue)?;
-        let mut conn = self.client.conn();
-        let () = conn.hdel(keys.control(), "paused").await?;
+        for keys in self.partition_keys(queue).await? {
+            let mut conn = self.client.conn();
+            let () = conn.hdel(keys.control(), "paused").await?;
+        }
         self.control(queue).await
     }
 
     /// Sets the most jobs of `queue` in flight across every worker process
     /// (`None` removes the limit). Claims check it atomically against the
     /// queue's leases, so it holds from the next claim on; jobs already in
-    /// flight above a lowered limit run to their end.
+    /// flight above a lowered limit run to their end. A partitioned queue's
+    /// limit is split between its partitions (each enforces its share), so
+    /// it must be at least the partition count.
     pub async fn set_limit(&self, queue: &str, limit: Option<u64>) -> Result<QueueControl, QueueError> {
-        let keys = self.keys(queue)?;
+        let keys = self.partition_keys(queue).await?;
         let mut conn = self.client.conn();
         match limit {
+            Some(n) if n < keys.len() as u64 => {
+                return Err(QueueError::InvalidArgument(format!(
+                    "queue {queue:?} has {} partitions and each enforces a share of the limit: \
+                     the limit must be at least {}, not {n}",
+                    keys.len(),
+                    keys.len()
+                )));
+            }
             Some(n) => {
-                let () = conn.hset(keys.control(), "limit", n).await?;
+                for (keys, share) in keys.iter().zip(limit_shares(n, keys.len() as u32)) {
+                    let () = conn.hset(keys.control(), "limit", share).await?;
+                }
             }
             None => {
-                let () = conn.hdel(keys.control(), "limit").await?;
+                for keys in &keys {
+                    let () = conn.hdel(keys.control(), "limit").await?;
+                }
             }
         }
         self.control(queue).await
@@ -290,39 +370,75 @@ impl QueueAdmin {
 
     /// Length of one ready list (what KEDA reads).
     pub async fn ready_len(&self, queue: &str, priority: Priority) -> Result<u64, QueueError> {
-        let keys = self.keys(queue)?;
-        let mut conn = self.client.conn();
-        Ok(conn.llen(keys.ready(priority)).await?)
+        let mut total = 0;
+        for keys in self.partition_keys(queue).await? {
+            let mut conn = self.client.conn();
+            let len: u64 = conn.llen(keys.ready(priority)).await?;
+            total += len;
+        }
+        Ok(total)
     }
 
-    /// Dead jobs, most recent first.
+    /// Dead jobs, most recent first (of a partitioned queue: partition by
+    /// partition, each most recent first).
     pub async fn dead_list(&self, queue: &str, offset: usize, limit: usize) -> Result<Vec<DeadJob>, QueueError> {
-        let keys = self.keys(queue)?;
+        let keys = self.partition_keys(queue).await?;
         if limit == 0 {
             return Ok(Vec::new());
         }
+        if let [keys] = keys.as_slice() {
+            return self.dead_list_in(keys, offset, limit).await;
+        }
+        let mut sizes = Vec::with_capacity(keys.len());
+        for keys in &keys {
+            let mut conn = self.client.conn();
+            sizes.push(conn.zcard(keys.dead()).await?);
+        }
+        let mut jobs = Vec::new();
+        for (part, start, count) in page_spans(&sizes, offset as u64, limit as u64) {
+            jobs.extend(self.dead_list_in(&keys[part], start as usize, count as usize).await?);
+        }
+        Ok(jobs)
+    }
+
+    /// Dead jobs of one partition, most recent first.
+    pub(crate) async fn dead_list_in(
+        &self,
+        keys: &QueueKeys,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Vec<DeadJob>, QueueError> {
         let mut conn = self.client.conn();
         // Ids are bytes: another producer may have used one that is not
         // UTF-8, and it must not make the whole page unreadable.
         let ids: Vec<Vec<u8>> = conn
             .zrevrange(keys.dead(), offset as isize, (offset + limit - 1) as isize)
             .await?;
-        self.dead_records(&keys, &ids)
+        self.dead_records(keys, &ids)
             .await
             .map(|jobs| jobs.into_iter().flatten().collect())
     }
 
     /// One dead job.
     pub async fn dead_get(&self, queue: &str, id: &str) -> Result<Option<DeadJob>, QueueError> {
-        let keys = self.keys(queue)?;
-        Ok(self
-            .dead_records(&keys, &[id.as_bytes().to_vec()])
-            .await?
-            .pop()
-            .flatten())
+        for keys in self.partition_keys(queue).await? {
+            if let Some(job) = self
+                .dead_records(&keys, &[id.as_bytes().to_vec()])
+                .await?
+                .pop()
+                .flatten()
+            {
+                return Ok(Some(job));
+            }
+        }
+        Ok(None)
     }
 
-    async fn dead_records(&self, keys: &QueueKeys, ids: &[Vec<u8>]) -> Result<Vec<Option<DeadJob>>, QueueError> {
+    pub(crate) async fn dead_records(
+        &self,
+        keys: &QueueKeys,
+        ids: &[Vec<u8>],
+    ) -> Result<Vec<Option<DeadJob>>, QueueError> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -371,13 +487,34 @@ impl QueueAdmin {
     /// are not dead. `All` walks the whole dead set, past any number of
     /// entries it has to skip.
     pub async fn dead_retry_counted(&self, queue: &str, which: DeadSelector) -> Result<(u64, u64), QueueError> {
+        let keys = self.partition_keys(queue).await?;
+        if let DeadSelector::Ids(ids) = &which
+            && keys.len() > 1
+        {
+            // An id is dead in one partition at most: the others skip it.
+            let mut retried = 0;
+            for keys in &keys {
+                retried += self.retry_dead_in(keys, &which).await?.0;
+            }
+            return Ok((retried, ids.len() as u64 - retried));
+        }
+        let (mut retried, mut skipped) = (0, 0);
+        for keys in &keys {
+            let (r, s) = self.retry_dead_in(keys, &which).await?;
+            retried += r;
+            skipped += s;
+        }
+        Ok((retried, skipped))
+    }
+
+    /// [`QueueAdmin::dead_retry_counted`] on one partition.
+    async fn retry_dead_in(&self, keys: &QueueKeys, which: &DeadSelector) -> Result<(u64, u64), QueueError> {
         const PAGE: u64 = 1000;
-        let keys = self.keys(queue)?;
         let (mut retried, mut skipped) = (0, 0);
         match which {
             DeadSelector::Ids(ids) => {
                 for chunk in ids.chunks(PAGE as usize) {
-                    let (r, s): (u64, u64) = self.retry_dead_call(&keys, "ids", chunk).await?;
+                    let (r, s): (u64, u64) = self.retry_dead_call(keys, "ids", chunk).await?;
                     retried += r;
                     skipped += s;
                 }
@@ -386,7 +523,7 @@ impl QueueAdmin {
                 // Retried entries leave the dead set; skipped ones stay at
                 // its head, so the next page starts after them.
                 let (r, s): (u64, u64) = self
-                    .retry_dead_call(&keys, "oldest", &[PAGE.to_string(), skipped.to_string()])
+                    .retry_dead_call(keys, "oldest", &[PAGE.to_string(), skipped.to_string()])
                     .await?;
                 retried += r;
                 skipped += s;
@@ -404,11 +541,16 @@ impl QueueAdmin {
 
     /// Deletes dead jobs for good. Returns how many.
     pub async fn dead_purge(&self, queue: &str, which: DeadSelector) -> Result<u64, QueueError> {
-        let keys = self.keys(queue)?;
-        let call = |args: Vec<String>| {
-            let keys = &keys;
-            async move { scripts::purge_dead(&self.client, keys, &args).await }
-        };
+        let mut total = 0;
+        for keys in self.partition_keys(queue).await? {
+            total += self.purge_dead_in(&keys, &which).await?;
+        }
+        Ok(total)
+    }
+
+    /// [`QueueAdmin::dead_purge`] on one partition.
+    async fn purge_dead_in(&self, keys: &QueueKeys, which: &DeadSelector) -> Result<u64, QueueError> {
+        let call = |args: Vec<String>| async move { scripts::purge_dead(&self.client, keys, &args).await };
         match which {
             DeadSelector::All => call(vec!["all".into()]).await,
             DeadSelector::Ids(ids) => {
@@ -421,7 +563,7 @@ impl QueueAdmin {
                 Ok(total)
             }
             DeadSelector::OlderThan(age) => {
-                let age_ms = millis(age);
+                let age_ms = millis(*age);
                 let mut total = 0;
                 loop {
                     let n = call(vec!["older".into(), age_ms.to_string()]).await?;
@@ -437,25 +579,70 @@ impl QueueAdmin {
     /// Runs the promoter once now (scheduled jobs that are due become ready).
     /// Workers do this by themselves; this is for tools and tests.
     pub async fn promote_due(&self, queue: &str) -> Result<usize, QueueError> {
-        let keys = self.keys(queue)?;
-        Ok(scheduler::promote_due(&self.client, &keys).await?.moved)
+        let mut moved = 0;
+        for keys in self.partition_keys(queue).await? {
+            moved += scheduler::promote_due(&self.client, &keys).await?.moved;
+        }
+        Ok(moved)
     }
 
     /// Runs the reaper once now. Returns how many expired leases it handled.
     pub async fn reap_expired(&self, queue: &str) -> Result<usize, QueueError> {
-        let keys = self.keys(queue)?;
-        Ok(scheduler::reap_expired(&self.client, &keys).await?.len())
+        let mut handled = 0;
+        for keys in self.partition_keys(queue).await? {
+            handled += scheduler::reap_expired(&self.client, &keys).await?.len();
+        }
+        Ok(handled)
     }
 
-    /// Deletes every key of `queue` (jobs, counters, dead set). There are no
-    /// per-job keys, so this is a single `DEL` of a fixed list.
+    /// Deletes every key of `queue` (jobs, counters, dead set; of every
+    /// partition, and the partition count with them). There are no per-job
+    /// keys, so this is a `DEL` of a fixed list per partition.
     pub async fn obliterate(&self, queue: &str) -> Result<(), QueueError> {
-        let keys = self.keys(queue)?;
-        let mut conn = self.client.conn();
-        let workers: Vec<String> = conn.smembers(keys.workers()).await?;
-        let mut doomed = keys.all();
-        doomed.extend(workers.iter().map(|id| keys.worker(id)));
-        let _: u64 = conn.del(doomed).await?;
+        for keys in self.partition_keys(queue).await?.iter().rev() {
+            let mut conn = self.client.conn();
+            let workers: Vec<String> = conn.smembers(keys.workers()).await?;
+            let mut doomed = keys.all();
+            doomed.extend(workers.iter().map(|id| keys.worker(id)));
+            let _: u64 = conn.del(doomed).await?;
+        }
+        self.client.fresh_partitions(queue).await?;
         Ok(())
+    }
+}
+
+/// Where a page of `limit` entries from position `offset` falls in parts of
+/// the given sizes laid end to end: `(part, start within it, count)` for
+/// each part it touches, in order.
+pub(crate) fn page_spans(sizes: &[u64], offset: u64, limit: u64) -> Vec<(usize, u64, u64)> {
+    let mut spans = Vec::new();
+    let (mut start, mut left) = (offset, limit);
+    for (part, &size) in sizes.iter().enumerate() {
+        if left == 0 {
+            break;
+        }
+        if start >= size {
+            start -= size;
+            continue;
+        }
+        let count = (size - start).min(left);
+        spans.push((part, start, count));
+        left -= count;
+        start = 0;
+    }
+    spans
+}
+
+#[cfg(test)]
+mod tests {
+    use super::page_spans;
+
+    #[test]
+    fn pages_span_the_parts_in_order() {
+        assert_eq!(page_spans(&[3, 0, 5], 0, 10), vec![(0, 0, 3), (2, 0, 5)]);
+        assert_eq!(page_spans(&[3, 0, 5], 2, 2), vec![(0, 2, 1), (2, 0, 1)]);
+        assert_eq!(page_spans(&[3, 0, 5], 4, 100), vec![(2, 1, 4)]);
+        assert_eq!(page_spans(&[3, 5], 8, 10), vec![]);
+        assert_eq!(page_spans(&[3, 5], 0, 0), vec![]);
     }
 }

@@ -20,6 +20,7 @@ use redis::{
     AsyncConnectionConfig, Client, Cmd, ConnectionInfo, IntoConnectionInfo as _, Pipeline, RedisFuture, Value,
 };
 
+use crate::partitions::PartitionCache;
 use crate::{QueueConfig, QueueError, QueueKeys};
 
 /// Idle time before the first keepalive probe, then the interval between
@@ -82,6 +83,7 @@ pub struct QueueClient {
 struct Inner {
     config: QueueConfig,
     backend: Backend,
+    partitions: PartitionCache,
 }
 
 enum Backend {
@@ -120,7 +122,11 @@ impl QueueClient {
             None => Self::single_backend(url, &config)?,
         };
         Ok(Self {
-            inner: Arc::new(Inner { config, backend }),
+            inner: Arc::new(Inner {
+                config,
+                backend,
+                partitions: PartitionCache::default(),
+            }),
         })
     }
 
@@ -229,9 +235,15 @@ impl QueueClient {
         &self.inner.config
     }
 
-    /// Key names of `queue` under this client's prefix.
+    /// Key names of `queue` under this client's prefix (of its partition 0:
+    /// all of it unless it is partitioned).
     pub fn keys(&self, queue: &str) -> QueueKeys {
         QueueKeys::new(&self.inner.config.prefix, queue)
+    }
+
+    /// The partition counts this client has read.
+    pub(crate) fn partition_cache(&self) -> &PartitionCache {
+        &self.inner.partitions
     }
 
     /// The shared connection (clones share its sockets).
@@ -270,6 +282,13 @@ impl QueueClient {
             }
         }
     }
+}
+
+/// The seed nodes of a cluster URL as one `redis://` URL each (`None` for a
+/// single-server URL): for tools that look at each node, such as the
+/// benchmark's per-node Redis CPU.
+pub fn cluster_seed_urls(url: &str) -> Option<Vec<String>> {
+    cluster_nodes(url)
 }
 
 /// The seed nodes of a cluster URL (`redis+cluster://[user:pass@]h1:p1,h2:p2[/]`,

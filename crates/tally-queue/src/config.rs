@@ -50,6 +50,10 @@ pub struct QueueConfig {
     /// every job in memory and each claim carries it: a job that needs more
     /// should carry a reference to its data, not the data.
     pub max_envelope_bytes: usize,
+    /// How often producers and workers read a queue's partition count again
+    /// (`QueueAdmin::set_partitions`): a producer routes by a count at most
+    /// this old, and a worker serves new partitions within this long.
+    pub partition_refresh: Duration,
 }
 
 impl Default for QueueConfig {
@@ -71,6 +75,7 @@ impl Default for QueueConfig {
             retry_backoff_min: Duration::from_millis(50),
             retry_backoff_max: Duration::from_secs(5),
             max_envelope_bytes: 1024 * 1024,
+            partition_refresh: Duration::from_secs(5),
         }
     }
 }
@@ -105,6 +110,7 @@ impl QueueConfig {
             || self.promote_max_sleep.is_zero()
             || self.idle_poll.is_zero()
             || self.throttle_poll.is_zero()
+            || self.partition_refresh.is_zero()
         {
             return bad("intervals must be positive");
         }
@@ -124,9 +130,12 @@ impl QueueConfig {
 /// Checks a queue name: non-empty and free of the braces that delimit the
 /// hash tag.
 pub(crate) fn check_queue_name(queue: &str) -> Result<(), QueueError> {
-    if queue.is_empty() || queue.contains(['{', '}']) {
+    // `#` separates a queue from its partition number in key names
+    // (`{stats#2}`), so a queue named `stats#2` would share partition 2 of
+    // `stats`.
+    if queue.is_empty() || queue.contains(['{', '}', '#']) {
         return Err(QueueError::InvalidArgument(format!(
-            "queue name {queue:?} must be non-empty and free of braces"
+            "queue name {queue:?} must be non-empty and free of braces and '#'"
         )));
     }
     Ok(())

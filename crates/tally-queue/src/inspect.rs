@@ -11,7 +11,7 @@ use redis::AsyncCommands as _;
 use serde::Serialize;
 use tally_jobs::{Envelope, Priority};
 
-use crate::admin::{DeadJob, QueueAdmin};
+use crate::admin::{DeadJob, QueueAdmin, page_spans};
 use crate::{QueueError, QueueKeys};
 
 /// Most jobs one page holds.
@@ -90,6 +90,8 @@ pub struct JobSummary {
     pub at_ms: Option<u64>,
     /// Why the job died (dead jobs only).
     pub error: Option<String>,
+    /// The partition the job is in (0 unless the queue is partitioned).
+    pub partition: u32,
 }
 
 /// One page of the jobs of a queue in one state.
@@ -104,7 +106,8 @@ pub struct JobPage {
     pub offset: u64,
     /// The jobs: ready ones in claim order (high, normal, low; oldest
     /// first), scheduled ones by due time, in-flight ones by lease expiry,
-    /// dead ones newest first.
+    /// dead ones newest first; of a partitioned queue, partition by
+    /// partition, each in that order.
     pub jobs: Vec<JobSummary>,
 }
 
@@ -184,6 +187,7 @@ fn live_summary(
         created_at_ms: envelope.map(|e| e.created_at_ms),
         at_ms,
         error: None,
+        partition: 0,
     }
 }
 
@@ -191,8 +195,44 @@ impl QueueAdmin {
     /// One page (`limit` at most [`MAX_PAGE`]) of the jobs of `queue` in
     /// `state`, from position `offset`.
     pub async fn jobs(&self, queue: &str, state: JobState, offset: u64, limit: u64) -> Result<JobPage, QueueError> {
-        let keys = self.keys(queue)?;
+        let keys = self.partition_keys(queue).await?;
         let limit = limit.min(MAX_PAGE);
+        if let [keys] = keys.as_slice() {
+            return self.jobs_in(keys, state, offset, limit).await;
+        }
+        let mut sizes = Vec::with_capacity(keys.len());
+        for keys in &keys {
+            sizes.push(self.count_in(keys, state).await?);
+        }
+        let mut jobs = Vec::new();
+        for (part, start, count) in page_spans(&sizes, offset, limit) {
+            jobs.extend(self.jobs_in(&keys[part], state, start, count).await?.jobs);
+        }
+        Ok(JobPage {
+            state,
+            total: sizes.iter().sum(),
+            offset,
+            jobs,
+        })
+    }
+
+    /// How many jobs of one partition are in `state`.
+    async fn count_in(&self, keys: &QueueKeys, state: JobState) -> Result<u64, QueueError> {
+        let mut conn = self.client.conn();
+        Ok(match state {
+            JobState::Ready => {
+                let [h, n, l] = keys.ready_all();
+                let (h, n, l): (u64, u64, u64) = redis::pipe().llen(h).llen(n).llen(l).query_async(&mut conn).await?;
+                h + n + l
+            }
+            JobState::Scheduled => conn.zcard(keys.scheduled()).await?,
+            JobState::InFlight => conn.zcard(keys.leases()).await?,
+            JobState::Dead => conn.zcard(keys.dead()).await?,
+        })
+    }
+
+    /// One page of one partition's jobs in `state`.
+    async fn jobs_in(&self, keys: &QueueKeys, state: JobState, offset: u64, limit: u64) -> Result<JobPage, QueueError> {
         let mut conn = self.client.conn();
         let (total, entries): (u64, Vec<(String, Option<u64>)>) = match state {
             JobState::Ready => {
@@ -244,11 +284,17 @@ impl QueueAdmin {
             }
             JobState::Dead => {
                 let total: u64 = conn.zcard(keys.dead()).await?;
-                let jobs = self
-                    .dead_list(queue, offset as usize, limit as usize)
-                    .await?
+                let jobs = if limit == 0 {
+                    Vec::new()
+                } else {
+                    self.dead_list_in(keys, offset as usize, limit as usize).await?
+                };
+                let jobs = jobs
                     .into_iter()
-                    .map(|dead| dead_detail(dead).summary)
+                    .map(|dead| JobSummary {
+                        partition: keys.partition_index(),
+                        ..dead_detail(dead).summary
+                    })
                     .collect();
                 return Ok(JobPage {
                     state,
@@ -258,7 +304,7 @@ impl QueueAdmin {
                 });
             }
         };
-        let jobs = self.live_jobs(&keys, state, entries).await?;
+        let jobs = self.live_jobs(keys, state, entries).await?;
         Ok(JobPage {
             state,
             total,
@@ -294,7 +340,10 @@ impl QueueAdmin {
             .map(|((id, at), (envelope, live))| {
                 let envelope = envelope.as_deref().and_then(|b| Envelope::decode(b).ok());
                 let live = live.as_deref().and_then(parse_state);
-                live_summary(id, state, at, envelope.as_ref(), live.as_ref())
+                JobSummary {
+                    partition: keys.partition_index(),
+                    ..live_summary(id, state, at, envelope.as_ref(), live.as_ref())
+                }
             })
             .collect())
     }
@@ -302,7 +351,17 @@ impl QueueAdmin {
     /// One job of `queue` by id, live or dead; `None` when Redis holds no
     /// such job (finished jobs leave nothing behind).
     pub async fn job(&self, queue: &str, id: &str) -> Result<Option<JobDetail>, QueueError> {
-        let keys = self.keys(queue)?;
+        for keys in self.partition_keys(queue).await? {
+            if let Some(mut job) = self.job_in(&keys, id).await? {
+                job.summary.partition = keys.partition_index();
+                return Ok(Some(job));
+            }
+        }
+        Ok(None)
+    }
+
+    /// One job of one partition by id.
+    async fn job_in(&self, keys: &QueueKeys, id: &str) -> Result<Option<JobDetail>, QueueError> {
         let mut conn = self.client.conn();
         #[expect(clippy::type_complexity, reason = "the shape of one pipeline reply")]
         let (envelope, live, due, lease, dead_at): (
@@ -339,10 +398,12 @@ impl QueueAdmin {
         if dead_at.is_none() {
             return Ok(None);
         }
-        let Some(dead) = self.dead_get(queue, id).await? else {
-            return Ok(None);
-        };
-        Ok(Some(dead_detail(dead)))
+        let dead = self
+            .dead_records(keys, &[id.as_bytes().to_vec()])
+            .await?
+            .pop()
+            .flatten();
+        Ok(dead.map(dead_detail))
     }
 }
 
@@ -365,6 +426,7 @@ fn dead_detail(dead: DeadJob) -> JobDetail {
             created_at_ms: decoded.as_ref().map(|e| e.created_at_ms),
             at_ms: Some(dead.died_at_ms),
             error: Some(dead.error),
+            partition: 0,
         },
         trace_id: decoded.as_ref().and_then(trace_id),
         dedup_key: decoded.and_then(|e| e.dedup_key),

@@ -2,8 +2,11 @@
 //!
 //! Layout: `<prefix>:{<queue>}:<part>`. The `{<queue>}` hash tag puts every
 //! key of one queue in the same Redis Cluster slot, so each Lua script may
-//! touch all of them. `docs/PROTOCOL.md` documents the same names for
-//! producers in other languages; keep the two in step.
+//! touch all of them. A partitioned queue (see `partitions.rs`) is that many
+//! such key sets: partition 0 is `{<queue>}` (today's layout, so existing data
+//! is partition 0 of a queue that grows), partition `p` ≥ 1 is
+//! `{<queue>#<p>}`, each a slot of its own. `docs/PROTOCOL.md` documents the
+//! same names for producers in other languages; keep the two in step.
 
 use tally_jobs::Priority;
 
@@ -22,27 +25,48 @@ pub(crate) const ENQUEUE_CHUNK: usize = 1000;
 /// Most jobs one promote or reap call moves (more means another call at once).
 pub(crate) const MOVE_BATCH: usize = 1000;
 
-/// Key names of one queue.
+/// Key names of one queue (of one partition of it).
 #[derive(Debug, Clone)]
 pub struct QueueKeys {
-    /// `<prefix>:{<queue>}:`, the common start of every key.
+    /// `<prefix>:{<queue>}:` (`<prefix>:{<queue>#<p>}:` for partition `p` ≥
+    /// 1), the common start of every key.
     base: String,
     /// The queue name.
     queue: String,
+    /// Which partition these are the keys of.
+    partition: u32,
 }
 
 impl QueueKeys {
-    /// Keys of `queue` under `prefix`.
+    /// Keys of `queue` under `prefix` (of its partition 0: all of a queue
+    /// that is not partitioned).
     pub fn new(prefix: &str, queue: &str) -> Self {
+        Self::partition(prefix, queue, 0)
+    }
+
+    /// Keys of partition `partition` of `queue` under `prefix`.
+    pub fn partition(prefix: &str, queue: &str, partition: u32) -> Self {
+        let base = if partition == 0 {
+            format!("{prefix}:{{{queue}}}:")
+        } else {
+            format!("{prefix}:{{{queue}#{partition}}}:")
+        };
         Self {
-            base: format!("{prefix}:{{{queue}}}:"),
+            base,
             queue: queue.to_owned(),
+            partition,
         }
     }
 
     /// The queue name.
     pub fn queue(&self) -> &str {
         &self.queue
+    }
+
+    /// The partition these keys belong to (0 for a queue that is not
+    /// partitioned).
+    pub fn partition_index(&self) -> u32 {
+        self.partition
     }
 
     fn part(&self, part: &str) -> String {
@@ -125,7 +149,9 @@ impl QueueKeys {
 
     /// Hash of the queue's controls, set by operators and read by every
     /// claim: `paused` (`1` while paused), `limit` (most jobs in flight
-    /// across every worker). Absent fields mean running, unlimited.
+    /// across every worker; of a partitioned queue, this partition's share
+    /// of the queue's limit). Absent fields mean running, unlimited. On
+    /// partition 0 also `partitions`: how many the queue has (absent: 1).
     pub fn control(&self) -> String {
         self.part("control")
     }
@@ -198,6 +224,18 @@ mod tests {
         assert_eq!(keys.ready(Priority::Normal), "tally:{stats}:ready:normal");
         assert_eq!(keys.ready(Priority::Low), "tally:{stats}:ready:low");
         assert_eq!(keys.jobs(), "tally:{stats}:jobs");
+    }
+
+    #[test]
+    fn partition_zero_is_the_unpartitioned_layout_and_others_have_their_own_tag() {
+        assert_eq!(QueueKeys::partition("tally", "stats", 0).jobs(), "tally:{stats}:jobs");
+        assert_eq!(
+            QueueKeys::partition("tally", "stats", 2).ready(Priority::High),
+            "tally:{stats#2}:ready:high"
+        );
+        for key in QueueKeys::partition("p", "q", 7).all() {
+            assert!(key.starts_with("p:{q#7}:"), "{key}");
+        }
     }
 
     #[test]

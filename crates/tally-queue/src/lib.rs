@@ -12,7 +12,10 @@
 //!   graceful drain ([`Worker::run_until`]); each worker process also runs the
 //!   promoter and takes turns at the reaper (`scheduler`).
 //! - [`QueueAdmin`] reads statistics, lists and inspects jobs, pauses and
-//!   limits a queue, lists live workers and repairs the dead set.
+//!   limits a queue, partitions it, lists live workers and repairs the dead
+//!   set.
+//! - A queue may have several partitions, each its own hash slot, so one
+//!   busy queue spreads over a Redis Cluster's masters (`partitions.rs`).
 //!
 //! The engine knows nothing of football: job types come from `tally-jobs`.
 
@@ -24,6 +27,7 @@ mod error;
 mod events;
 mod inspect;
 mod keys;
+mod partitions;
 mod producer;
 mod registry;
 mod retry;
@@ -32,13 +36,14 @@ mod scripts;
 mod worker;
 
 pub use admin::{DeadJob, DeadSelector, QueueAdmin, QueueControl, QueueCounters, QueueStats, ReadyByPriority};
-pub use client::QueueClient;
+pub use client::{QueueClient, cluster_seed_urls};
 pub use clock::now_ms;
 pub use config::QueueConfig;
 pub use error::QueueError;
 pub use events::{JobEvent, JobEvents, NoEvents};
 pub use inspect::{JobDetail, JobPage, JobState, JobSummary, MAX_PAGE};
 pub use keys::QueueKeys;
+pub use partitions::{MAX_PARTITIONS, partition_for_key};
 pub use producer::{Dedup, EnqueueOptions, Enqueued, Producer};
 pub use registry::WorkerInfo;
 pub use worker::{JobContext, JobError, Worker, WorkerBuilder, WorkerReport};

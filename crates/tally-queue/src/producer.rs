@@ -160,13 +160,35 @@ impl Producer {
                 bytes.len()
             )));
         }
-        let keys = self.client.keys(queue);
-        let calls = envelopes
-            .chunks(ENQUEUE_CHUNK)
-            .zip(encoded.chunks(ENQUEUE_CHUNK))
-            .map(|(chunk, bodies)| scripts::enqueue_jobs(&self.client, &keys, now, chunk, bodies));
+        // A partitioned queue gets each job on the partition its dedup key
+        // hashes to (so coalescing still meets the waiting job), the rest
+        // round robin; one queue has one partition and this is a no-op.
+        let partitions = self.client.partitions(queue).await?;
+        let keys = self.client.partition_keys(queue, partitions);
+        let mut routed: Vec<Vec<usize>> = vec![Vec::new(); keys.len()];
+        for (i, (envelope, _)) in envelopes.iter().enumerate() {
+            routed[self.client.route(envelope.dedup_key.as_deref(), partitions) as usize].push(i);
+        }
+        let chunks: Vec<(&crate::QueueKeys, &[usize])> = routed
+            .iter()
+            .zip(&keys)
+            .flat_map(|(indices, keys)| indices.chunks(ENQUEUE_CHUNK).map(move |chunk| (keys, chunk)))
+            .collect();
+        let calls = chunks.iter().map(|&(keys, chunk)| {
+            let jobs: Vec<_> = chunk.iter().map(|&i| (&envelopes[i], encoded[i].as_str())).collect();
+            async move { scripts::enqueue_jobs(&self.client, keys, now, &jobs).await }
+        });
         let results = self.client.observe(try_join_all(calls).await)?;
-        Ok(results.into_iter().flatten().collect())
+        // Back in the order the jobs were given.
+        let mut out: Vec<Option<Enqueued>> = vec![None; envelopes.len()];
+        for ((_, chunk), result) in chunks.iter().zip(results) {
+            for (&i, enqueued) in chunk.iter().zip(result) {
+                out[i] = Some(enqueued);
+            }
+        }
+        out.into_iter()
+            .map(|e| e.ok_or_else(|| QueueError::Protocol("an enqueue reply was short".into())))
+            .collect()
     }
 }
 

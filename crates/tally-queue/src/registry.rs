@@ -129,7 +129,31 @@ impl QueueAdmin {
     /// processes that stopped beating have expired; their ids are dropped
     /// from the registry's set on the way.
     pub async fn workers(&self, queue: &str) -> Result<Vec<WorkerInfo>, QueueError> {
-        let keys = self.keys(queue)?;
+        // A worker of a partitioned queue is registered in each partition it
+        // serves, with that lane's slots: one entry, the slots added up.
+        let mut by_id: std::collections::BTreeMap<String, WorkerInfo> = std::collections::BTreeMap::new();
+        for keys in self.partition_keys(queue).await? {
+            for info in self.workers_in(&keys).await? {
+                match by_id.entry(info.id.clone()) {
+                    std::collections::btree_map::Entry::Vacant(entry) => {
+                        entry.insert(info);
+                    }
+                    std::collections::btree_map::Entry::Occupied(mut entry) => {
+                        let seen = entry.get_mut();
+                        seen.concurrency += info.concurrency;
+                        seen.in_flight += info.in_flight;
+                        seen.heartbeat_at_ms = seen.heartbeat_at_ms.max(info.heartbeat_at_ms);
+                    }
+                }
+            }
+        }
+        let mut live: Vec<WorkerInfo> = by_id.into_values().collect();
+        live.sort_by(|a, b| (&a.host, a.pid, &a.id).cmp(&(&b.host, b.pid, &b.id)));
+        Ok(live)
+    }
+
+    /// The live registry entries of one partition.
+    async fn workers_in(&self, keys: &QueueKeys) -> Result<Vec<WorkerInfo>, QueueError> {
         let mut conn = self.client.conn();
         let ids: Vec<String> = conn.smembers(keys.workers()).await?;
         if ids.is_empty() {
@@ -151,7 +175,6 @@ impl QueueAdmin {
             // itself back at its next heartbeat.
             let _: u64 = conn.srem(keys.workers(), &gone).await?;
         }
-        live.sort_by(|a, b| (&a.host, a.pid, &a.id).cmp(&(&b.host, b.pid, &b.id)));
         Ok(live)
     }
 }

@@ -53,8 +53,7 @@ pub(crate) async fn enqueue_jobs(
     client: &QueueClient,
     keys: &QueueKeys,
     now: u64,
-    jobs: &[(Envelope, u64)],
-    bodies: &[String],
+    jobs: &[(&(Envelope, u64), &str)],
 ) -> Result<Vec<Enqueued>, QueueError> {
     let mut invocation = ENQUEUE_JOBS.prepare_invoke();
     invocation
@@ -68,7 +67,7 @@ pub(crate) async fn enqueue_jobs(
         invocation.key(key);
     }
     invocation.arg(now).arg(keys.due_channel()).arg(WAKE_CAP);
-    for ((envelope, due), body) in jobs.iter().zip(bodies) {
+    for ((envelope, due), body) in jobs {
         invocation
             .arg(&envelope.id)
             .arg(body)

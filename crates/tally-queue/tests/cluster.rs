@@ -354,3 +354,108 @@ async fn a_master_killed_mid_run_is_replaced_by_its_replica_and_nothing_is_lost(
         stats.counters.recovered
     );
 }
+
+/// The slot of one partition's keys.
+async fn partition_slot(cluster: &RedisCluster, client: &QueueClient, partition: u32) -> u16 {
+    let mut conn = node_conn(cluster, 0).await;
+    redis::cmd("CLUSTER")
+        .arg("KEYSLOT")
+        .arg(tally_queue::QueueKeys::partition(&client.config().prefix, QUEUE, partition).jobs())
+        .query_async(&mut conn)
+        .await
+        .expect("KEYSLOT")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_queue_spreads_over_the_masters_and_loses_nothing_when_one_dies() {
+    const PARTITIONS: u32 = 3;
+    const TOTAL: u64 = 3000;
+    let mut cluster = RedisCluster::start().await.expect("cluster");
+    let client = cluster_client(&cluster, "c5").await;
+    let admin = QueueAdmin::new(client.clone());
+    admin.set_partitions(QUEUE, PARTITIONS).await.expect("partition");
+    let mut slots = Vec::new();
+    let mut masters = Vec::new();
+    for p in 0..PARTITIONS {
+        let slot = partition_slot(&cluster, &client, p).await;
+        slots.push(slot);
+        masters.push(cluster.master_of(slot).await.expect("master"));
+    }
+    let distinct: HashSet<usize> = masters.iter().copied().collect();
+    assert!(
+        distinct.len() >= 2,
+        "partitions {slots:?} all on one master {masters:?}"
+    );
+
+    let jobs: Vec<Echo> = (0..TOTAL).map(Echo::new).collect();
+    Producer::new(client.clone())
+        .enqueue_batch(&jobs)
+        .await
+        .expect("enqueue");
+    // Each master holds its partitions' jobs, and so does its replica
+    // before the kill (replication is asynchronous, see the test above).
+    let mut held = HashMap::new();
+    for (p, &master) in masters.iter().enumerate() {
+        let mut conn = node_conn(&cluster, master).await;
+        let keys = tally_queue::QueueKeys::partition(&client.config().prefix, QUEUE, p as u32);
+        let n: u64 = redis::cmd("HLEN")
+            .arg(keys.jobs())
+            .query_async(&mut conn)
+            .await
+            .expect("HLEN");
+        *held.entry(master).or_insert(0) += n;
+        let replicas: u64 = redis::cmd("WAIT")
+            .arg(1)
+            .arg(30_000)
+            .query_async(&mut conn)
+            .await
+            .expect("WAIT");
+        assert_eq!(replicas, 1);
+    }
+    assert_eq!(held.values().sum::<u64>(), TOTAL);
+    let busiest = *held.values().max().expect("a master");
+    assert!(
+        busiest * 100 <= TOTAL * 67,
+        "one master holds {busiest} of {TOTAL} jobs: {held:?}"
+    );
+
+    let runs = Arc::new(Mutex::new(Vec::new()));
+    let worker = common::spawn(recording_worker(&client, runs.clone(), Duration::from_millis(2)));
+    eventually("jobs flowing", Duration::from_secs(20), || async {
+        runs.lock().expect("lock").len() >= 300
+    })
+    .await;
+    // Kill the master of partition 1.
+    let victim = masters[1];
+    cluster.nodes_mut()[victim].kill().await;
+    assert!(
+        (runs.lock().expect("lock").len() as u64) < TOTAL,
+        "the kill landed mid-run"
+    );
+    let promoted = cluster
+        .wait_for_master_of(slots[1])
+        .await
+        .expect("the replica took over");
+    assert_ne!(promoted, victim);
+    eventually("every job done after the failover", Duration::from_secs(90), || async {
+        admin
+            .stats(QUEUE)
+            .await
+            .is_ok_and(|stats| stats.ready + stats.scheduled + stats.in_flight == 0)
+    })
+    .await;
+    let report = worker.stop().await;
+    let stats = admin.stats(QUEUE).await.expect("stats");
+    let runs = runs.lock().expect("lock").clone();
+    let mut per_job: HashMap<u64, u32> = HashMap::new();
+    for n in &runs {
+        *per_job.entry(*n).or_default() += 1;
+    }
+    assert_eq!(per_job.len() as u64, TOTAL, "every job ran: {stats:?} {report:?}");
+    assert_eq!((stats.dead, stats.partitions), (0, PARTITIONS), "{stats:?}");
+    eprintln!(
+        "partitioned failover: jobs per master {held:?}; {} runs of {TOTAL} jobs ({} ran again)",
+        runs.len(),
+        per_job.values().filter(|c| **c > 1).count()
+    );
+}

@@ -186,7 +186,6 @@ impl WorkerBuilder {
         let drain_timeout = self.drain_timeout.unwrap_or(config.drain_timeout);
         let job_timeout = self.job_timeout.or(config.job_timeout);
         Ok(Worker {
-            keys: self.client.keys(&self.queue),
             client: self.client,
             queue: self.queue,
             concurrency: self.concurrency,
@@ -205,7 +204,6 @@ impl WorkerBuilder {
 pub struct Worker {
     client: QueueClient,
     queue: String,
-    keys: crate::QueueKeys,
     concurrency: usize,
     handlers: HashMap<&'static str, Arc<dyn ErasedHandler>>,
     events: Arc<dyn JobEvents>,

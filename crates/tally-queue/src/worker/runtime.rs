@@ -25,11 +25,12 @@ use tally_jobs::JobPolicy;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{debug, info, warn};
 
 use super::background::{run_heartbeat, run_registry, run_waker};
 use super::driver::{Driver, Ewma};
 use super::{JobError, Worker};
+use crate::retry::RetryBackoff;
 use crate::{JobEvents, QueueClient, QueueError, QueueKeys, scheduler};
 
 /// What a worker did in one run, returned by [`Worker::run_until`].
@@ -119,41 +120,149 @@ impl Worker {
     /// at the head of their ready list without spending an attempt, waits for
     /// outstanding acknowledgements, and returns.
     ///
+    /// A partitioned queue gets one lane per partition, each with its share
+    /// of the concurrency (at least one slot); when the queue gains
+    /// partitions the lanes drain and start again, one per partition.
+    ///
     /// Redis errors never end the run: the worker logs them, backs off with
     /// jitter and carries on when Redis is back.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send) -> Result<WorkerReport, QueueError> {
+        let stop = CancellationToken::new();
+        let run = self.run_lanes(stop.clone());
+        let mut run = std::pin::pin!(run);
+        let mut shutdown = std::pin::pin!(shutdown);
+        tokio::select! {
+            report = &mut run => report,
+            () = &mut shutdown => {
+                stop.cancel();
+                run.await
+            }
+        }
+    }
+
+    /// Reads the partition count, runs a lane for each until `stop` or until
+    /// the count changes, and again with the new count.
+    async fn run_lanes(&self, stop: CancellationToken) -> Result<WorkerReport, QueueError> {
+        let worker_id = uuid::Uuid::new_v4().simple().to_string();
+        let mut report = WorkerReport::default();
+        let Some(mut partitions) = self.partition_count(&stop).await else {
+            return Ok(report);
+        };
+        loop {
+            if partitions as usize > self.concurrency {
+                warn!(
+                    queue = %self.queue,
+                    partitions,
+                    concurrency = self.concurrency,
+                    "the queue has more partitions than this worker has slots: \
+                     running one slot per partition"
+                );
+            }
+            let lanes_stop = stop.child_token();
+            let lanes = self
+                .client
+                .partition_keys(&self.queue, partitions)
+                .into_iter()
+                .zip(slot_shares(self.concurrency, partitions))
+                .map(|(keys, slots)| self.run_lane(keys, slots, worker_id.clone(), lanes_stop.clone()));
+            let watch = self.watch_partitions(partitions, lanes_stop.clone());
+            let (reports, new_count) = tokio::join!(futures::future::join_all(lanes), watch);
+            for lane in reports {
+                report.add(&lane);
+            }
+            match new_count {
+                Some(count) if !stop.is_cancelled() => {
+                    info!(queue = %self.queue, from = partitions, to = count, "partitions changed; lanes restarted");
+                    partitions = count;
+                }
+                _ => return Ok(report),
+            }
+        }
+    }
+
+    /// The queue's partition count, asking again with backoff while Redis
+    /// does not answer; `None` if stopped first.
+    async fn partition_count(&self, stop: &CancellationToken) -> Option<u32> {
+        let config = self.client.config();
+        let mut backoff = RetryBackoff::new(config.retry_backoff_min, config.retry_backoff_max);
+        loop {
+            match self.client.fresh_partitions(&self.queue).await {
+                Ok(count) => return Some(count),
+                Err(err) => {
+                    let delay = backoff.next_delay();
+                    warn!(queue = %self.queue, error = %err, ?delay, "reading the partition count failed; backing off");
+                    tokio::select! {
+                        () = stop.cancelled() => return None,
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads the count every `partition_refresh` until `stop`; when it
+    /// differs from `current`, stops the lanes and returns it.
+    async fn watch_partitions(&self, current: u32, stop: CancellationToken) -> Option<u32> {
+        let every = self.client.config().partition_refresh;
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return None,
+                () = tokio::time::sleep(every) => {}
+            }
+            match self.client.fresh_partitions(&self.queue).await {
+                Ok(count) if count != current => {
+                    stop.cancel();
+                    return Some(count);
+                }
+                Ok(_) => {}
+                // Redis away: the lanes are backing off too; ask again later.
+                Err(err) => debug!(queue = %self.queue, error = %err, "reading the partition count failed"),
+            }
+        }
+    }
+
+    /// One partition's worker: the driver with `slots` slots and the
+    /// background tasks, until `stop`, then the drain.
+    async fn run_lane(
+        &self,
+        keys: QueueKeys,
+        slots: usize,
+        worker_id: String,
+        stop: CancellationToken,
+    ) -> WorkerReport {
+        let partition = keys.partition_index();
         let shared = Arc::new(Shared {
             client: self.client.clone(),
-            keys: self.keys.clone(),
+            keys,
             queue: self.queue.clone(),
             events: self.events.clone(),
             counters: Counters::default(),
-            worker_id: uuid::Uuid::new_v4().simple().to_string(),
+            worker_id,
         });
-        let stop = CancellationToken::new();
+        let background_stop = CancellationToken::new();
         let leases: LeaseTable = Arc::default();
         let woken = Arc::new(Notify::new());
         let (arm_tx, arm_rx) = watch::channel(0_u64);
         let mut background = JoinSet::new();
         if self.background {
-            background.spawn(scheduler::run_promoter(shared.clone(), stop.clone()));
-            background.spawn(scheduler::run_reaper(shared.clone(), stop.clone()));
+            background.spawn(scheduler::run_promoter(shared.clone(), background_stop.clone()));
+            background.spawn(scheduler::run_reaper(shared.clone(), background_stop.clone()));
         }
-        background.spawn(run_heartbeat(shared.clone(), leases.clone(), stop.clone()));
+        background.spawn(run_heartbeat(shared.clone(), leases.clone(), background_stop.clone()));
         background.spawn(run_registry(
             shared.clone(),
             leases.clone(),
-            self.concurrency,
-            stop.clone(),
+            slots,
+            background_stop.clone(),
         ));
-        let waker_stop = stop.child_token();
+        let waker_stop = background_stop.child_token();
         background.spawn(run_waker(shared.clone(), arm_rx, woken.clone(), waker_stop.clone()));
-        info!(queue = %self.queue, concurrency = self.concurrency, "worker started");
+        info!(queue = %self.queue, partition, concurrency = slots, "worker started");
 
         let mut driver = Driver {
             shared: shared.clone(),
-            handlers: self.handlers,
-            concurrency: self.concurrency,
+            handlers: self.handlers.clone(),
+            concurrency: slots,
             job_timeout: self.job_timeout,
             drain_timeout: self.drain_timeout,
             jobs: JoinSet::new(),
@@ -167,10 +276,10 @@ impl Worker {
             rtt_us: Ewma::default(),
             handler_us: Ewma::default(),
         };
-        let in_flight = driver.run(shutdown, &woken, &arm_tx).await;
+        let in_flight = driver.run(stop.cancelled(), &woken, &arm_tx).await;
         waker_stop.cancel();
         driver.drain(in_flight).await;
-        stop.cancel();
+        background_stop.cancel();
         while background.join_next().await.is_some() {}
 
         let c = &shared.counters;
@@ -182,9 +291,30 @@ impl Worker {
             stale: c.stale.load(Ordering::Relaxed),
             most_claimed_ahead: c.most_claimed_ahead.load(Ordering::Relaxed),
         };
-        info!(queue = %self.queue, ?report, "worker stopped");
-        Ok(report)
+        info!(queue = %self.queue, partition, ?report, "worker stopped");
+        report
     }
+}
+
+impl WorkerReport {
+    fn add(&mut self, other: &Self) {
+        self.completed += other.completed;
+        self.retried += other.retried;
+        self.dead += other.dead;
+        self.requeued += other.requeued;
+        self.stale += other.stale;
+        self.most_claimed_ahead = self.most_claimed_ahead.max(other.most_claimed_ahead);
+    }
+}
+
+/// Each partition's slots out of `concurrency`: as even as possible, at
+/// least one each (so every partition is served, even by a worker with
+/// fewer slots than partitions).
+fn slot_shares(concurrency: usize, partitions: u32) -> Vec<usize> {
+    let k = (partitions as usize).max(1);
+    (0..k)
+        .map(|p| (concurrency / k + usize::from(p < concurrency % k)).max(1))
+        .collect()
 }
 
 #[cfg(test)]
