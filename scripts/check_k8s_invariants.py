@@ -19,8 +19,10 @@ exit status is 1 when there is any.
   secret from the same Secret key the gateway reads, is Forbid-concurrent
   with a starting deadline; the Service routes to the gateway's BIND_ADDR port;
 - every KEDA ScaledObject targets a worker and has one Redis list trigger per
-  ready list of that worker's queue,
-  <TALLY_QUEUE_PREFIX>:{<queue>}:ready:<high|normal|low> with the prefix from
+  ready list of that worker's queue, of every partition its QUEUE_PARTITIONS
+  declares (1 when unset) and no other,
+  <TALLY_QUEUE_PREFIX>:{<queue>}:ready:<high|normal|low> (partition p >= 1:
+  {<queue>#p}) with the prefix from
   the ConfigMap; the triggers are all `redis` or all `redis-cluster`, with
   only the metadata keys KEDA reads for that type and a Redis address, and
   when the Secret is rendered, `redis-cluster` exactly when REDIS_URL is a
@@ -77,6 +79,7 @@ WORKER_ENV = COMMON_ENV | {
     "DATABASE_POOL_SIZE",
     "OUTBOX_RELAY",
     "OUTBOX_BATCH",
+    "QUEUE_PARTITIONS",
     "OUTBOX_POLL_SECS",
 }
 # No DATABASE_URL: the gateway needs Redis only (the repair it asks for runs
@@ -724,7 +727,10 @@ def check_scaled_object(obj: dict, manifests: Manifests, prefix: str, redis_url:
     queue = WORKER_QUEUES.get(target)
     if not report.check(queue is not None, where, f"targets {target!r}, not a worker ({', '.join(sorted(WORKER_QUEUES))})"):
         return
-    pattern = re.compile(rf"^{re.escape(prefix)}:\{{{re.escape(queue)}\}}:ready:(high|normal|low)$")
+    # A partitioned queue (QUEUE_PARTITIONS on the worker) has ready lists
+    # per partition: {queue} is partition 0, {queue#p} partition p.
+    partitions = worker_partitions(manifests, target, report, where)
+    pattern = re.compile(rf"^{re.escape(prefix)}:\{{{re.escape(queue)}(?:#([1-9][0-9]*))?\}}:ready:(high|normal|low)$")
     seen = []
     kinds = set()
     for trigger in spec.get("triggers") or []:
@@ -739,7 +745,9 @@ def check_scaled_object(obj: dict, manifests: Manifests, prefix: str, redis_url:
         match = pattern.match(list_name)
         report.check(match is not None, where, f"listName {list_name!r} is not {prefix}:{{{queue}}}:ready:<high|normal|low> (the queue of {target}, prefix from ConfigMap tally-common)")
         if match:
-            seen.append(match.group(1))
+            partition = int(match.group(1) or 0)
+            report.check(partition < partitions, where, f"listName {list_name!r} is a list of partition {partition}, but {target} sets QUEUE_PARTITIONS={partitions}")
+            seen.append((partition, match.group(2)))
         report.check(meta.get("listLength", "").isdigit(), where, f"listLength of {list_name!r} must be a number")
         if kind == "redis":
             has_address = bool(meta.get("address") or meta.get("addressFromEnv") or meta.get("host") or meta.get("hostFromEnv"))
@@ -747,10 +755,14 @@ def check_scaled_object(obj: dict, manifests: Manifests, prefix: str, redis_url:
         else:
             check_cluster_addresses(meta, list_name, report, where)
         check_trigger_auth(trigger, manifests, report, where)
+    expected = sorted((p, prio) for p in range(partitions) for prio in PRIORITIES)
+    shown = [prio if partitions == 1 and p == 0 else f"{p}:{prio}" for p, prio in seen]
     report.check(
-        sorted(seen) == sorted(PRIORITIES),
+        sorted(seen) == expected,
         where,
-        f"expected one redis trigger per ready list of queue {queue!r} (priorities {PRIORITIES}), found {seen}",
+        f"expected one redis trigger per ready list of queue {queue!r} (priorities {PRIORITIES}"
+        + (f", partitions 0-{partitions - 1}" if partitions > 1 else "")
+        + f"), found {shown}",
     )
     report.check(len(kinds) <= 1, where, f"mixes trigger types {sorted(kinds)}: the queues live on one Redis, a cluster or not")
     if redis_url and kinds:
@@ -758,6 +770,21 @@ def check_scaled_object(obj: dict, manifests: Manifests, prefix: str, redis_url:
         expected = "redis-cluster" if cluster else "redis"
         mode = "a Redis Cluster URL" if cluster else "a single-server URL"
         report.check(kinds == {expected}, where, f"uses {sorted(kinds)} triggers but REDIS_URL in Secret tally-secrets is {mode}: KEDA must read it with `{expected}`")
+
+
+def worker_partitions(manifests: Manifests, deployment: str, report: Report, where: str) -> int:
+    """The QUEUE_PARTITIONS a worker Deployment sets (1 when unset)."""
+    obj = manifests.get("Deployment", deployment)
+    if obj is None:
+        return 1
+    for container in obj.get("spec", {}).get("template", {}).get("spec", {}).get("containers") or []:
+        value = resolve_env(container, manifests, report, where).get("QUEUE_PARTITIONS")
+        if value is None:
+            continue
+        if not report.check(value.isdigit() and 1 <= int(value) <= 64, where, f"QUEUE_PARTITIONS of {deployment} must be 1 to 64, not {value!r}"):
+            return 1
+        return int(value)
+    return 1
 
 
 def check_cluster_addresses(meta: dict[str, str], list_name: str, report: Report, where: str) -> None:

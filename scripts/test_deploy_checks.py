@@ -118,8 +118,20 @@ class InvariantsTest(unittest.TestCase):
         find(objects, "ScaledObject", "stats-worker")["spec"]["triggers"][1]["metadata"]["listName"] = "tally:stats:ready:normal"
         self.assert_fails(objects, "listName 'tally:stats:ready:normal'")
 
-    def test_every_ready_list_of_the_workers_queue_has_a_trigger(self):
+    def test_triggers_cover_exactly_the_declared_partitions(self):
         objects = copy.deepcopy(CLUSTER)
+        triggers = find(objects, "ScaledObject", "stats-worker")["spec"]["triggers"]
+        del triggers[6:]
+        self.assert_fails(objects, "expected one redis trigger per ready list of queue 'stats'", "partitions 0-2", "found ['0:high'")
+        objects = copy.deepcopy(CLUSTER)
+        worker = container(objects, "Deployment", "stats-worker")
+        next(e for e in worker["env"] if e["name"] == "QUEUE_PARTITIONS")["value"] = "2"
+        self.assert_fails(objects, "is a list of partition 2, but stats-worker sets QUEUE_PARTITIONS=2")
+        next(e for e in worker["env"] if e["name"] == "QUEUE_PARTITIONS")["value"] = "lots"
+        self.assert_fails(objects, "QUEUE_PARTITIONS of stats-worker must be 1 to 64, not 'lots'")
+
+    def test_every_ready_list_of_the_workers_queue_has_a_trigger(self):
+        objects = copy.deepcopy(KEDA)
         triggers = find(objects, "ScaledObject", "stats-worker")["spec"]["triggers"]
         del triggers[2]
         self.assert_fails(objects, "expected one redis trigger per ready list of queue 'stats'", "found ['high', 'normal']")
@@ -130,7 +142,7 @@ class InvariantsTest(unittest.TestCase):
         find(objects, "ScaledObject", "stats-worker")["spec"]["triggers"].append(
             copy.deepcopy(find(objects, "ScaledObject", "stats-worker")["spec"]["triggers"][0])
         )
-        self.assert_fails(objects, "found ['high', 'normal', 'low', 'high']")
+        self.assert_fails(objects, "'2:low', '0:high']")
         # A worker's autoscaler reads that worker's queue, and owns its replica count.
         objects = copy.deepcopy(CLUSTER)
         scaled = copy.deepcopy(find(objects, "ScaledObject", "stats-worker"))
@@ -298,21 +310,33 @@ class OverlaysTest(unittest.TestCase):
         cluster = find(CLUSTER, "ScaledObject", "stats-worker")["spec"]
         self.assertEqual({k: v for k, v in cluster.items() if k != "triggers"}, {k: v for k, v in keda.items() if k != "triggers"})
         seeds = url.split("://", 1)[1].split(",")
-        self.assertEqual(len(cluster["triggers"]), len(keda["triggers"]))
-        for ours, theirs in zip(cluster["triggers"], keda["triggers"]):
+        # Partition 0's lists are the keda component's; partitions 1 and 2
+        # (QUEUE_PARTITIONS=3) add theirs, with the same threshold.
+        self.assertEqual(len(cluster["triggers"]), 3 * len(keda["triggers"]))
+        partition_of = [0] * 3 + [1] * 3 + [2] * 3
+        for p, ours, theirs in zip(partition_of, cluster["triggers"], keda["triggers"] * 3):
             self.assertEqual(ours["type"], "redis-cluster")
-            for key in ("listName", "listLength"):
-                self.assertEqual(ours["metadata"][key], theirs["metadata"][key])
+            list_name = theirs["metadata"]["listName"]
+            if p:
+                list_name = list_name.replace("{stats}", "{stats#%d}" % p)
+            self.assertEqual(ours["metadata"]["listName"], list_name)
+            self.assertEqual(ours["metadata"]["listLength"], theirs["metadata"]["listLength"])
             addresses = [a.strip() for a in ours["metadata"]["addresses"].split(",")]
             self.assertEqual(addresses, seeds, "KEDA reads the cluster the services use")
+        env = container(CLUSTER, "Deployment", "stats-worker")["env"]
+        self.assertIn({"name": "QUEUE_PARTITIONS", "value": "3"}, env)
         auth_keda = find(KEDA, "TriggerAuthentication", "tally-redis")["spec"]
         auth_cluster = find(CLUSTER, "TriggerAuthentication", cluster["triggers"][0]["authenticationRef"]["name"])["spec"]
         self.assertEqual(auth_cluster, auth_keda)
         # Everything else is the example environment, unchanged.
         def rest(objects):
-            return [o for o in objects if o["kind"] not in ("Secret", "ScaledObject", "TriggerAuthentication")]
+            objects = copy.deepcopy([o for o in objects if o["kind"] not in ("Secret", "ScaledObject", "TriggerAuthentication")])
+            worker = container(objects, "Deployment", "stats-worker")
+            worker["env"] = [e for e in worker.get("env", []) if e["name"] != "QUEUE_PARTITIONS"]
+            return objects
 
         self.assertEqual(rest(CLUSTER), rest(KEDA))
+
 
     def test_keda_and_redis_cluster_components_do_not_combine(self):
         with tempfile.TemporaryDirectory() as tmp:

@@ -15,9 +15,26 @@ async fn a_matchday_on_a_redis_cluster_reaches_exact_leaderboards() {
     .await
     .expect("stack on a cluster");
     assert!(stack.redis_url.starts_with("redis+cluster://"), "{}", stack.redis_url);
+    // Both queues partitioned by the workers' own setting, so every job
+    // crosses the partition routing of the CLI, the relay and the workers.
     stack
-        .start_services(&[("scoring-worker", "scoring-worker"), ("stats-worker", "stats-worker")])
-        .await;
+        .start_with("scoring-worker", "scoring-worker", &[("QUEUE_PARTITIONS", "2")])
+        .await
+        .expect("scoring-worker");
+    stack
+        .start_with("stats-worker", "stats-worker", &[("QUEUE_PARTITIONS", "3")])
+        .await
+        .expect("stats-worker");
+    tally_testkit::eventually(
+        "the workers partitioned their queues",
+        Duration::from_secs(20),
+        || async {
+            let scoring = stack.admin.stats("scoring").await.is_ok_and(|s| s.partitions == 2);
+            let stats = stack.admin.stats("stats").await.is_ok_and(|s| s.partitions == 3);
+            scoring && stats
+        },
+    )
+    .await;
     let matchday = stack.matchday().await.expect("matchday");
     for f in &matchday {
         let (h, a) = score_for(f.id);
@@ -38,5 +55,20 @@ async fn a_matchday_on_a_redis_cluster_reaches_exact_leaderboards() {
         stats["queues"]["scoring"]["counters"]["completed"].as_u64() >= Some(matchday.len() as u64),
         "{stats}"
     );
+    assert_eq!(stats["queues"]["stats"]["partitions"].as_u64(), Some(3), "{stats}");
+    // The matches' jobs were spread: every scoring partition did some.
+    let seeds = tally_queue::cluster_seed_urls(&stack.redis_url).expect("a cluster url");
+    let mut conn = redis::cluster::ClusterClient::new(seeds)
+        .expect("cluster client")
+        .get_async_connection()
+        .await
+        .expect("cluster connection");
+    for p in 0..2 {
+        let keys = tally_queue::QueueKeys::partition(&stack.prefix, "scoring", p);
+        let completed: Option<u64> = redis::AsyncCommands::hget(&mut conn, keys.stats(), "completed")
+            .await
+            .expect("hget");
+        assert!(completed.unwrap_or(0) > 0, "scoring partition {p} did nothing");
+    }
     stack.stop_cleanly().await;
 }

@@ -190,6 +190,11 @@ impl QueueAdmin {
         Self { client }
     }
 
+    /// The client this admin uses.
+    pub fn client(&self) -> &QueueClient {
+        &self.client
+    }
+
     /// The keys of every partition of `queue`, in order.
     pub(crate) async fn partition_keys(&self, queue: &str) -> Result<Vec<QueueKeys>, QueueError> {
         check_queue_name(queue)?;

@@ -41,6 +41,10 @@ pub struct WorkerSettings {
     /// `OUTBOX_RELAY`, `OUTBOX_BATCH`, `OUTBOX_POLL_SECS`: the outbox relay
     /// this process runs (on by default).
     pub relay: RelaySettings,
+    /// `QUEUE_PARTITIONS`: the least partition count of this worker's queue
+    /// (1 to 64; unset: whatever Redis holds). A lower count in Redis is
+    /// raised at start; a higher one is kept (partitions are never removed).
+    pub partitions: Option<u32>,
 }
 
 impl WorkerSettings {
@@ -56,6 +60,10 @@ impl WorkerSettings {
             db_pool_size: env.number("DATABASE_POOL_SIZE", 8, 1, 500)? as usize,
             queue_prefix: env.raw("TALLY_QUEUE_PREFIX").unwrap_or_else(|| "tally".into()),
             relay: RelaySettings::from_env(env)?,
+            partitions: match env.raw("QUEUE_PARTITIONS") {
+                None => None,
+                Some(_) => Some(env.number("QUEUE_PARTITIONS", 1, 1, u64::from(tally_queue::MAX_PARTITIONS))? as u32),
+            },
         })
     }
 
@@ -154,6 +162,9 @@ pub async fn run_worker(
         .map_err(|e| anyhow::anyhow!("cannot serve probes on HEALTH_ADDR={}: {e}", settings.health_addr))?;
     tracing::info!(addr = %health.addr(), "probes and metrics listening");
 
+    let partitions = settings
+        .partitions
+        .map(|count| tokio::spawn(ensure_partitions(QueueAdmin::new(client.clone()), queue, count)));
     let gauges = tokio::spawn(observe::sample_queue_gauges(
         QueueAdmin::new(client.clone()),
         vec![queue.to_owned()],
@@ -174,10 +185,54 @@ pub async fn run_worker(
     };
     let (report, ()) = tokio::join!(worker.run_until(shutdown.clone()), relaying);
     gauges.abort();
+    if let Some(task) = partitions {
+        task.abort();
+    }
     health.stop().await;
     let report = report?;
     tracing::info!(?report, "worker stopped");
     Ok(())
+}
+
+/// Raises `queue` to at least `count` partitions (`QUEUE_PARTITIONS`),
+/// asking again with backoff while Redis is away; the worker's lanes follow
+/// the new count by themselves. A refusal (a concurrency limit below the
+/// count) is logged once: the operator must lift the limit.
+async fn ensure_partitions(admin: QueueAdmin, queue: &'static str, count: u32) {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match admin.client().partitions(queue).await {
+            Ok(current) if current >= count => {
+                if current > count {
+                    tracing::warn!(
+                        queue,
+                        partitions = current,
+                        wanted = count,
+                        "the queue has more partitions than QUEUE_PARTITIONS; keeping them (partitions are never removed)"
+                    );
+                }
+                return;
+            }
+            Ok(_) => match admin.set_partitions(queue, count).await {
+                Ok(now) => {
+                    tracing::info!(queue, partitions = now, "queue partitioned as QUEUE_PARTITIONS asks");
+                    return;
+                }
+                Err(e) if !e.is_unavailable() => {
+                    tracing::error!(queue, error = %e, "QUEUE_PARTITIONS={count} could not be applied");
+                    return;
+                }
+                Err(_) => {}
+            },
+            Err(e) if !e.is_unavailable() => {
+                tracing::error!(queue, error = %e, "cannot read the partition count");
+                return;
+            }
+            Err(_) => {}
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
 }
 
 /// Environment variables every worker reads, for `--help`.
@@ -191,6 +246,7 @@ Environment:
   LEASE_SECS             claim lease; a killed worker's job returns after it (default 15)
   DATABASE_POOL_SIZE     Postgres connections (default 8)
   TALLY_QUEUE_PREFIX     queue key prefix (default tally)
+  QUEUE_PARTITIONS       least partition count of the worker's queue, 1-64 (default: as in Redis)
   OUTBOX_RELAY           on|off: relay the job outbox from PostgreSQL to Redis (default on)
   OUTBOX_BATCH           outbox rows per relay transaction (default 100)
   OUTBOX_POLL_SECS       read the outbox this often without a notification (default 5)
