@@ -497,8 +497,14 @@ async fn partitions(cli: &Cli, queue: &str, count: Option<u32>) -> anyhow::Resul
         Some(count) => QueueAdmin::new(client).set_partitions(queue, count).await?,
         None => before,
     };
+    let slots: Vec<u16> = (0..now)
+        .map(|p| tally_queue::QueueKeys::partition(&cli.queue_prefix, queue, p).slot())
+        .collect();
     if cli.json {
-        let out = with_redis(cli, json!({ "queue": queue, "partitions": now, "before": before }))?;
+        let out = with_redis(
+            cli,
+            json!({ "queue": queue, "partitions": now, "before": before, "slots": slots }),
+        )?;
         return print_json(&out);
     }
     if now == before {
@@ -506,6 +512,16 @@ async fn partitions(cli: &Cli, queue: &str, count: Option<u32>) -> anyhow::Resul
     } else {
         println!("{queue}: {before} -> {now} partitions");
         println!("producers route to the new partitions, and workers serve them, within {refresh:.0?}");
+    }
+    if now > 1 {
+        // Where each partition lives on a Redis Cluster: two on one slot
+        // range share a master (`CLUSTER SHARDS` tells which serves which).
+        for (p, slot) in slots.iter().enumerate() {
+            println!(
+                "  partition {p}: hash tag {{{}}}, cluster slot {slot}",
+                tally_queue::QueueKeys::partition(&cli.queue_prefix, queue, p as u32).hash_tag()
+            );
+        }
     }
     Ok(())
 }

@@ -63,6 +63,19 @@ impl QueueKeys {
         &self.queue
     }
 
+    /// The hash tag of these keys (`<queue>` or `<queue>#<p>`).
+    pub fn hash_tag(&self) -> &str {
+        let start = self.base.find('{').map_or(0, |i| i + 1);
+        let end = self.base[start..].find('}').map_or(self.base.len(), |i| start + i);
+        &self.base[start..end]
+    }
+
+    /// The Redis Cluster slot of these keys: CRC16 (XMODEM) of the hash tag,
+    /// modulo 16384, as every cluster node computes it.
+    pub fn slot(&self) -> u16 {
+        crc16::State::<crc16::XMODEM>::calculate(self.hash_tag().as_bytes()) % 16384
+    }
+
     /// The partition these keys belong to (0 for a queue that is not
     /// partitioned).
     pub fn partition_index(&self) -> u32 {
@@ -236,6 +249,17 @@ mod tests {
         for key in QueueKeys::partition("p", "q", 7).all() {
             assert!(key.starts_with("p:{q#7}:"), "{key}");
         }
+    }
+
+    #[test]
+    fn slots_are_the_cluster_slots_of_the_tags() {
+        // `CLUSTER KEYSLOT` of a real node gives these (the engine's cluster
+        // tests read them back from one).
+        assert_eq!(QueueKeys::new("tally", "stats").hash_tag(), "stats");
+        assert_eq!(QueueKeys::partition("tally", "stats", 2).hash_tag(), "stats#2");
+        assert_eq!(QueueKeys::new("tally", "stats").slot(), 7650);
+        assert_eq!(QueueKeys::partition("x", "stats", 1).slot(), 4168);
+        assert_eq!(QueueKeys::partition("tally", "bench", 2).slot(), 11508);
     }
 
     #[test]

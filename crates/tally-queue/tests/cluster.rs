@@ -378,6 +378,11 @@ async fn a_partitioned_queue_spreads_over_the_masters_and_loses_nothing_when_one
     let mut masters = Vec::new();
     for p in 0..PARTITIONS {
         let slot = partition_slot(&cluster, &client, p).await;
+        assert_eq!(
+            tally_queue::QueueKeys::partition(&client.config().prefix, QUEUE, p).slot(),
+            slot,
+            "the slot the engine computes is the node's"
+        );
         slots.push(slot);
         masters.push(cluster.master_of(slot).await.expect("master"));
     }
