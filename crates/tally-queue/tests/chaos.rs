@@ -44,7 +44,7 @@ redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. ':' .. string.format('%d', ms) .
 ";
 
 /// Redis's clock, ms.
-async fn redis_now(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
+async fn redis_now(conn: &mut tally_testkit::RedisConnection) -> u64 {
     let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(conn).await.expect("TIME");
     secs * 1000 + micros / 1000
 }
@@ -172,7 +172,7 @@ struct Start {
     attempt: u32,
 }
 
-async fn read_starts(conn: &mut redis::aio::MultiplexedConnection, prefix: &str) -> HashMap<String, Vec<Start>> {
+async fn read_starts(conn: &mut tally_testkit::RedisConnection, prefix: &str) -> HashMap<String, Vec<Start>> {
     let raw: HashMap<String, String> = conn.hgetall(chaos_key(prefix, "starts")).await.expect("starts");
     let mut by_job: HashMap<String, Vec<Start>> = HashMap::new();
     for (field, value) in raw {

@@ -124,13 +124,13 @@ fn kill_all(children: &mut Vec<Child>) {
     children.clear();
 }
 
-async fn observed(conn: &mut redis::aio::MultiplexedConnection, prefix: &str) -> HashMap<String, i64> {
+async fn observed(conn: &mut tally_testkit::RedisConnection, prefix: &str) -> HashMap<String, i64> {
     conn.hgetall(observe_key(prefix)).await.expect("observed")
 }
 
 /// Waits until Redis has answered `at_least` more script calls than
 /// `since`: the children's claims, as nothing else sends any meanwhile.
-async fn wait_for_claims(conn: &mut redis::aio::MultiplexedConnection, since: u64, at_least: u64) -> u64 {
+async fn wait_for_claims(conn: &mut tally_testkit::RedisConnection, since: u64, at_least: u64) -> u64 {
     // Hang guard only: the children poll every 50 ms.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {

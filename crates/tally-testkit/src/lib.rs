@@ -23,11 +23,20 @@
 //! shared external server the kit cannot clean up at exit: template databases
 //! (`tpl_<key>_<random>`) and namespaced Redis keys stay behind.
 //!
+//! `TALLY_TEST_REDIS=cluster` makes the shared Redis, and every
+//! [`DedicatedRedis`], a six-node Redis Cluster instead ([`RedisCluster`]:
+//! three masters with a replica each), so that a suite written against the
+//! URLs, [`connect`], [`TestRedis::scan`] and [`master_connections`] runs
+//! on both kinds unchanged; `make test` runs the engine's reliability,
+//! chaos, failure and promise suites that way a second time (see
+//! `backend`). [`RedisServer`] and [`RedisCluster`] stay what they say.
+//!
 //! Redis isolation is by key prefix only, so code under test must put
 //! [`TestRedis::namespace`] into its keys. A program that cannot take a
 //! prefix (an end-to-end test of a binary) or a test that flushes, restarts
-//! or measures Redis should use its own [`RedisServer`]; one starts in about
-//! 25 ms.
+//! or measures Redis should use its own [`RedisServer`] (one starts in about
+//! 25 ms), or [`DedicatedRedis`] to be run on a cluster as well (one starts
+//! in about 2 s).
 //!
 //! ```no_run
 //! # async fn example() {
@@ -47,18 +56,21 @@
 //! # }
 //! ```
 //!
-//! Modules: `binaries` finds the server programs, `scratch` owns temporary
+//! Modules: `backend` chooses between a server and a cluster and reaches
+//! either, `binaries` finds the server programs, `scratch` owns temporary
 //! directories and their watchdogs, `process` holds the process plumbing
 //! shared by both servers, `redis_server` and `postgres_server` are the
-//! dedicated servers, `shared` the per-process shared Redis and per-test
-//! namespaces, `databases` the shared PostgreSQL and per-test databases,
-//! `wait` polling for a condition and counting a Redis server's script calls.
+//! dedicated servers, `redis_cluster` the throwaway cluster, `shared` the
+//! per-process shared Redis and per-test namespaces, `databases` the shared
+//! PostgreSQL and per-test databases, `wait` polling for a condition and
+//! counting a Redis server's script calls.
 //!
 //! Everything PostgreSQL is behind the `postgres` feature (on by default):
 //! a crate whose tests need Redis only (the gateway, which must link no
 //! Postgres client, dev-dependencies included) depends on the kit with
 //! `default-features = false`.
 
+mod backend;
 mod binaries;
 #[cfg(feature = "postgres")]
 mod databases;
@@ -74,6 +86,9 @@ mod scratch;
 mod shared;
 mod wait;
 
+pub use backend::{
+    BACKEND_VAR, Backend, DedicatedRedis, RedisConnection, backend, connect, is_cluster_url, master_connections, scan,
+};
 pub use binaries::faketime;
 #[cfg(feature = "postgres")]
 pub use databases::{TestDatabase, database, database_from_template};

@@ -3,13 +3,17 @@
 //! `redis-cli --cluster create` the way an operator would.
 //!
 //! Each node is a [`RedisServer`], so a test can kill one (`SIGKILL`) and
-//! watch its replica take over, or move slots between masters.
+//! watch its replica take over, move slots between masters, or stop and
+//! restart the whole cluster. The shared cluster behind [`crate::redis()`]
+//! (with `TALLY_TEST_REDIS=cluster`) is one of these, kept in a static for
+//! the life of the test process.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 
+use crate::process::{Signal, send_signal};
 use crate::redis_server::{RedisOptions, RedisServer};
 
 /// How long the cluster may take to agree that every slot is served.
@@ -22,15 +26,27 @@ pub struct RedisCluster {
 }
 
 impl RedisCluster {
-    /// Starts six nodes, creates the cluster (three masters, one replica
-    /// each) and waits until every node reports `cluster_state:ok`.
+    /// Starts six nodes with AOF on, creates the cluster (three masters,
+    /// one replica each) and waits until every node reports
+    /// `cluster_state:ok`.
     pub async fn start() -> Result<Self> {
+        Self::start_with(RedisOptions {
+            appendonly: true,
+            extra_args: Vec::new(),
+        })
+        .await
+    }
+
+    /// Like [`RedisCluster::start`], each node configured by `options`
+    /// (persistence, and `extra_args` after the cluster's own, e.g.
+    /// `--maxmemory` per node).
+    pub async fn start_with(options: RedisOptions) -> Result<Self> {
         let redis_cli = crate::binaries::redis_cli()?;
         let mut nodes = Vec::with_capacity(6);
         for _ in 0..6 {
             nodes.push(
                 RedisServer::start(RedisOptions {
-                    appendonly: true,
+                    appendonly: options.appendonly,
                     extra_args: [
                         "--cluster-enabled",
                         "yes",
@@ -44,7 +60,9 @@ impl RedisCluster {
                         "0",
                     ]
                     .map(str::to_owned)
-                    .to_vec(),
+                    .into_iter()
+                    .chain(options.extra_args.iter().cloned())
+                    .collect(),
                 })
                 .await?,
             );
@@ -85,6 +103,36 @@ impl RedisCluster {
     /// The nodes, to kill or restart one.
     pub fn nodes_mut(&mut self) -> &mut [RedisServer] {
         &mut self.nodes
+    }
+
+    /// Stops every node with `SIGTERM` (each writes its AOF), all at once,
+    /// as a whole-cluster outage would.
+    pub async fn stop(&mut self) {
+        self.signal_all();
+        for node in &mut self.nodes {
+            node.stop().await;
+        }
+    }
+
+    /// `SIGTERM` to every live node at once. One after another, each master
+    /// would first wait for its replica's next acknowledgement (up to a
+    /// second) before exiting; with the replicas going too it need not.
+    fn signal_all(&self) {
+        for pid in self.nodes.iter().filter_map(RedisServer::pid) {
+            send_signal(pid, Signal::SIGTERM);
+        }
+    }
+
+    /// Starts every stopped node again on its port with its directory
+    /// (`nodes.conf` and, with AOF, the data), then waits until the cluster
+    /// is ok again.
+    pub async fn restart(&mut self) -> Result<()> {
+        for node in &mut self.nodes {
+            if node.pid().is_none() {
+                node.restart().await?;
+            }
+        }
+        self.wait_until_ok().await
     }
 
     /// Index of the node that serves `slot` as master now.
@@ -147,6 +195,13 @@ impl RedisCluster {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        self.signal_all();
+        // The nodes drop next, each waiting for its server to exit.
     }
 }
 

@@ -20,10 +20,10 @@ where
     }
 }
 
-/// Script calls (`EVALSHA` and `EVAL`) the Redis behind `conn` has answered
+/// Script calls (`EVALSHA` and `EVAL`) the one server behind `conn` has answered
 /// since it started (`INFO commandstats`): with a worker's promoter and
 /// reaper off, its claims.
-pub async fn script_calls(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
+pub async fn script_calls(conn: &mut impl redis::aio::ConnectionLike) -> u64 {
     let info: String = redis::cmd("INFO")
         .arg("commandstats")
         .query_async(conn)
