@@ -14,7 +14,7 @@ use common::{Echo, QUEUE, eventually, fast_config, private_setup, raw_connection
 use redis::AsyncCommands as _;
 use tally_jobs::Priority;
 use tally_queue::{JobContext, Producer, QueueAdmin, QueueClient, QueueConfig, QueueError, Worker, WorkerReport};
-use tally_testkit::{RedisOptions, RedisServer};
+use tally_testkit::{DedicatedRedis, RedisOptions};
 
 /// Runs `jobs` jobs through one worker; returns its report.
 async fn run_jobs(client: &QueueClient, worker: Worker, jobs: u64) -> WorkerReport {
@@ -206,7 +206,8 @@ async fn a_killed_workers_job_is_recovered_within_the_default_lease_and_reap_int
 /// (the script is refused whole), instead of evicting queue keys.
 #[tokio::test]
 async fn a_full_redis_refuses_enqueues_whole_with_an_error() {
-    let server = RedisServer::start(RedisOptions {
+    // On a cluster every node has the limit; the queue's master fills up.
+    let server = DedicatedRedis::start(RedisOptions {
         appendonly: false,
         extra_args: ["--maxmemory", "3mb", "--maxmemory-policy", "noeviction"]
             .map(str::to_owned)
@@ -283,12 +284,14 @@ async fn scripts_are_loaded_again_after_script_flush() {
         done.load(Ordering::SeqCst) == 1
     })
     .await;
-    let mut conn = raw_connection(&server.url()).await;
-    let _: () = redis::cmd("SCRIPT")
-        .arg("FLUSH")
-        .query_async(&mut conn)
-        .await
-        .expect("flush");
+    // Every master's scripts (the server's, or each node's of a cluster).
+    for mut conn in tally_testkit::master_connections(&server.url()).await.expect("connect") {
+        let _: () = redis::cmd("SCRIPT")
+            .arg("FLUSH")
+            .query_async(&mut conn)
+            .await
+            .expect("flush");
+    }
     producer
         .enqueue(&Echo::new(2))
         .await

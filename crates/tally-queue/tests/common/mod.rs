@@ -219,10 +219,11 @@ impl JobEvents for Hooks {
     }
 }
 
-/// A Redis server of the test's own (not the shared one), so that what it
-/// reports about its clients concerns this test alone.
-pub async fn private_setup() -> (tally_testkit::RedisServer, QueueClient) {
-    let server = tally_testkit::RedisServer::start(tally_testkit::RedisOptions::default())
+/// A Redis of the test's own (not the shared one), so that what it reports
+/// about its clients concerns this test alone: a server, or with
+/// `TALLY_TEST_REDIS=cluster` a cluster (see `tally_testkit::DedicatedRedis`).
+pub async fn private_setup() -> (tally_testkit::DedicatedRedis, QueueClient) {
+    let server = tally_testkit::DedicatedRedis::start(tally_testkit::RedisOptions::default())
         .await
         .expect("redis-server");
     let client = QueueClient::connect(&server.url(), fast_config("t"))
@@ -231,33 +232,35 @@ pub async fn private_setup() -> (tally_testkit::RedisServer, QueueClient) {
     (server, client)
 }
 
-/// Waits until `blocked` clients of the server at `url` are blocked in
-/// `BLPOP` (idle workers waiting on the wake list): a wait on the real
-/// condition, where a sleep would only guess. Use with [`private_setup`].
+/// Waits until `blocked` clients of the Redis at `url` (summed over a
+/// cluster's masters) are blocked in `BLPOP` (idle workers waiting on the
+/// wake list): a wait on the real condition, where a sleep would only
+/// guess. Use with [`private_setup`].
 pub async fn wait_until_blocked(url: &str, blocked: usize) {
-    let conn = raw_connection(url).await;
+    let conns = tally_testkit::master_connections(url).await.expect("connect");
     eventually("workers blocked in BLPOP", Duration::from_secs(20), || {
-        let mut conn = conn.clone();
+        let conns = conns.clone();
         async move {
-            let list: String = redis::cmd("CLIENT")
-                .arg("LIST")
-                .query_async(&mut conn)
-                .await
-                .expect("CLIENT LIST");
-            list.lines()
-                .filter(|l| l.contains("cmd=blpop") && l.contains("flags=b"))
-                .count()
-                >= blocked
+            let mut seen = 0;
+            for mut conn in conns {
+                let list: String = redis::cmd("CLIENT")
+                    .arg("LIST")
+                    .query_async(&mut conn)
+                    .await
+                    .expect("CLIENT LIST");
+                seen += list
+                    .lines()
+                    .filter(|l| l.contains("cmd=blpop") && l.contains("flags=b"))
+                    .count();
+            }
+            seen >= blocked
         }
     })
     .await;
 }
 
-/// A plain connection to the Redis at `url`, for looking at keys directly.
-pub async fn raw_connection(url: &str) -> redis::aio::MultiplexedConnection {
-    redis::Client::open(url)
-        .expect("url")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect")
+/// A plain connection to the Redis at `url` (a cluster connection for a
+/// cluster), for looking at keys directly.
+pub async fn raw_connection(url: &str) -> tally_testkit::RedisConnection {
+    tally_testkit::connect(url).await
 }
