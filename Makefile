@@ -18,12 +18,22 @@ deps: ## Install redis-server and PostgreSQL's server if missing (Debian, as roo
 build: ## Build every crate (debug)
 	$(CARGO) build --workspace --all-targets
 
+# The engine's suites that run a second time, on a throwaway Redis Cluster
+# (TALLY_TEST_REDIS=cluster: see crates/tally-testkit/src/backend.rs).
+TEST_ON_CLUSTER = TALLY_TEST_REDIS=cluster $(CARGO) test -p tally-queue --no-fail-fast \
+	--test reliability --test chaos --test failures --test promises
+
 .PHONY: test
-test: deps ## Run all tests against throwaway Redis and PostgreSQL servers
+test: deps ## Run all tests against throwaway Redis and PostgreSQL servers, then the engine's suites on a Redis Cluster
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace --all-targets --no-fail-fast
+	$(TEST_ON_CLUSTER)
 	scripts/test-typescript.sh
 	scripts/test-servers.sh
+
+.PHONY: test-cluster
+test-cluster: deps ## The engine's reliability, chaos, failure and promise suites on a throwaway Redis Cluster (part of test)
+	$(TEST_ON_CLUSTER)
 
 .PHONY: lint
 lint: ## cargo fmt --check, clippy with warnings as errors, no unused dependencies (cargo-machete)
