@@ -1,7 +1,8 @@
 //! Nothing is left behind when a test process is killed with `SIGKILL`:
 //! this test re-runs its own binary as a child that starts the shared and
-//! dedicated servers, kills it, and waits for the watchdogs to stop every
-//! server process and remove every directory.
+//! dedicated servers (the shared Redis once a server, once a cluster), kills
+//! it, and waits for the watchdogs to stop every server process and remove
+//! every directory.
 
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
@@ -119,6 +120,23 @@ fn server_pid(dir: &Path) -> u32 {
 
 #[test]
 fn sigkill_leaves_no_servers_or_directories() {
+    sigkill_leaves_nothing("single", 4, "two shared and two dedicated servers");
+}
+
+/// The same with the shared Redis a cluster: its six nodes go too.
+#[test]
+fn sigkill_leaves_no_cluster_nodes_or_directories() {
+    sigkill_leaves_nothing(
+        "cluster",
+        9,
+        "six nodes of the shared cluster, the shared PostgreSQL and two dedicated servers",
+    );
+}
+
+/// Runs the child with the shared Redis of `backend` (`TALLY_TEST_REDIS`),
+/// expecting `expected_dirs` server directories, kills it, and waits for
+/// every server, watchdog and directory to go.
+fn sigkill_leaves_nothing(backend: &str, expected_dirs: usize, what: &str) {
     let mut child = Command::new(std::env::current_exe().expect("test binary path"))
         .args([
             "leftovers_child",
@@ -128,6 +146,7 @@ fn sigkill_leaves_no_servers_or_directories() {
             "--test-threads=1",
         ])
         .env(CHILD_VAR, "1")
+        .env(tally_testkit::BACKEND_VAR, backend)
         // The child must start its own servers whatever this process uses.
         .env_remove("TEST_REDIS_URL")
         .env_remove("TEST_DATABASE_URL")
@@ -155,10 +174,13 @@ fn sigkill_leaves_no_servers_or_directories() {
     }
 
     let dirs = scratch_dirs_of(child.id());
-    assert_eq!(dirs.len(), 4, "two shared and two dedicated servers: {dirs:?}");
+    assert_eq!(dirs.len(), expected_dirs, "{what}: {dirs:?}");
     let servers: Vec<u32> = dirs.iter().map(|dir| server_pid(dir)).collect();
     let before = live_tree(&servers);
-    assert!(before.len() > 4, "postgres has helper processes: {before:?}");
+    assert!(
+        before.len() > expected_dirs,
+        "postgres has helper processes: {before:?}"
+    );
     assert!(!mentioning(&dirs).is_empty(), "watchdogs run");
 
     child.kill().expect("SIGKILL the child"); // `Child::kill` is SIGKILL
