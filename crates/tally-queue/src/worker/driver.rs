@@ -52,6 +52,9 @@ pub(super) struct Driver {
     pub(super) buffer: VecDeque<(Claimed, CancellationToken)>,
     /// Whether to claim ahead of free slots when handlers are fast.
     pub(super) prefetch: bool,
+    /// The slots that bound claiming ahead: the worker's whole concurrency
+    /// (more than `concurrency` in a lane of a partitioned queue).
+    pub(super) ahead_of: usize,
     /// Recent claim round trip, µs.
     pub(super) rtt_us: Ewma,
     /// Recent handler duration, µs.
@@ -251,7 +254,9 @@ impl Driver {
     /// waits a round trip for its next job. Zero when handlers are slow
     /// compared with a round trip (a claimed job must not sit behind a long
     /// handler while another worker idles), at most `MAX_AHEAD_FACTOR`
-    /// times `concurrency`.
+    /// times the worker's whole concurrency (`ahead_of`: a lane of a
+    /// partitioned queue has a share of the slots, but claims in batches as
+    /// big as the worker's, so a partition costs no more calls per job).
     fn claim_ahead(&self) -> usize {
         if !self.prefetch {
             return 0;
@@ -260,7 +265,7 @@ impl Driver {
             return 0;
         };
         let ahead = (self.concurrency as f64 * rtt / handler.max(1.0)).floor();
-        (ahead as usize).min(self.concurrency * MAX_AHEAD_FACTOR)
+        (ahead as usize).min(self.ahead_of * MAX_AHEAD_FACTOR)
     }
 
     /// Takes a claimed job: leased from now on, so the heartbeat covers it

@@ -273,6 +273,7 @@ impl Worker {
             starting: VecDeque::new(),
             buffer: VecDeque::new(),
             prefetch: self.prefetch,
+            ahead_of: self.concurrency.max(slots),
             rtt_us: Ewma::default(),
             handler_us: Ewma::default(),
         };
