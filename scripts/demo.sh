@@ -52,7 +52,12 @@ stop_kept_services() {
 if [ "${1:-}" = --down ]; then stop_kept_services; stop_kept_servers "$state"; exit 0; fi
 # Services kept by an earlier DEMO_CONSOLE run would take this matchday's jobs.
 stop_kept_services
-trap 'status=$?; stop_started_servers; [ "$status" = 0 ] || say "demo failed (exit $status); logs are in $state"' EXIT
+on_exit() {
+  local status=$?
+  stop_started_servers
+  [ "$status" = 0 ] || say "demo failed (exit $status); logs are in $state"
+}
+trap on_exit EXIT
 
 alive() { [ -f "$state/servers.pids" ] && while read -r pid; do kill -0 "$pid" 2>/dev/null || return 1; done <"$state/servers.pids"; }
 if [ "${DEMO_KEEP:-}" = 1 ] && alive && [ -f "$state/servers.env" ]; then

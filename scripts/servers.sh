@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shell helpers, sourced by demo.sh and bench.sh: start a private redis-server
 # and PostgreSQL under a state directory on free loopback ports, and stop
 # everything started here on exit. PostgreSQL runs as the `postgres` user
