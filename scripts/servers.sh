@@ -10,7 +10,11 @@
 #
 #   source scripts/servers.sh
 #   start_private_redis  "$state"        # exports REDIS_URL
+#   start_private_redis_cluster "$state" # six nodes; exports REDIS_URL (redis+cluster://)
 #   start_private_postgres "$state" db   # exports DATABASE_URL (database recreated)
+#
+# Every server started, each cluster node included, is stopped by
+# stop_started_servers (or, kept, by stop_kept_servers).
 
 started_pids=()
 # KEEP_SERVERS=STATE_DIR: servers outlive the script (own session), their pids
@@ -58,6 +62,15 @@ stop_started_servers() {
 }
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# free_ports N: N distinct free loopback ports, one a line (all held open while
+# they are picked, so no two are the same).
+free_ports() {
+  python3 -c '
+import socket, sys
+held = [socket.socket() for _ in range(int(sys.argv[1]))]
+for s in held: s.bind(("127.0.0.1", 0))
+print("\n".join(str(s.getsockname()[1]) for s in held))' "$1"
+}
 
 pg_bin() {
   if command -v "$1" >/dev/null 2>&1; then command -v "$1"; return; fi
@@ -76,10 +89,74 @@ start_private_redis() {
   run_server redis-server --port "$port" --bind 127.0.0.1 --dir "$state/redis" --save '' \
     --logfile "$state/redis.log" --daemonize no "$@"
   export REDIS_URL="redis://127.0.0.1:$port"
+  wait_redis "$port" "$state/redis.log"
+}
+
+# wait_redis PORT LOG: waits until the redis-server on 127.0.0.1:PORT answers
+# PING; otherwise shows the end of its LOG and stops.
+wait_redis() {
+  local port=$1 log=$2
   for _ in $(seq 100); do redis-cli -p "$port" ping >/dev/null 2>&1 && return; sleep 0.05; done
-  say "redis-server did not start; the end of $state/redis.log:"
-  last_lines "$state/redis.log"
-  die "redis-server did not start, see $state/redis.log"
+  say "redis-server on port $port did not start; the end of $log:"
+  last_lines "$log"
+  die "redis-server did not start, see $log"
+}
+
+# start_private_redis_cluster STATE_DIR [extra redis-server args...]: a private
+# Redis Cluster of six redis-server nodes (--cluster-enabled yes) on free
+# loopback ports, made three masters with one replica each by `redis-cli
+# --cluster create ... --cluster-replicas 1 --cluster-yes`, as the test kit
+# (crates/tally-testkit/src/redis_cluster.rs) and compose's cluster profile
+# do. Each node's cluster bus gets a free port of its own (--cluster-port)
+# rather than port + 10000, which may be taken or above 65535. The nodes'
+# data, nodes.conf and logs go to STATE_DIR/redis-cluster/node-1 ... node-6,
+# emptied first: a cluster is always created afresh (nodes.conf remembers the
+# ports of an earlier cluster). Returns once every node reports
+# cluster_state:ok and knows all six, three are masters and three replicas
+# linked to their masters; exports REDIS_URL as
+# redis+cluster://127.0.0.1:PORT,... naming every node.
+start_private_redis_cluster() {
+  local state=$1; shift
+  local dir="$state/redis-cluster" ports=() nodes=() i node log
+  mapfile -t ports < <(free_ports 12)   # six client ports, then six bus ports
+  [ "${#ports[@]}" = 12 ] || die "cannot find free ports for the Redis Cluster"
+  for i in 0 1 2 3 4 5; do nodes+=("127.0.0.1:${ports[i]}"); done
+  say "starting a private Redis Cluster of six nodes on ${nodes[*]} (data in $dir)"
+  rm -rf "$dir"
+  for i in 0 1 2 3 4 5; do
+    node="$dir/node-$((i + 1))"
+    mkdir -p "$node"
+    run_server redis-server --port "${ports[i]}" --cluster-port "${ports[i + 6]}" --bind 127.0.0.1 \
+      --dir "$node" --save '' --logfile "$node/redis.log" --daemonize no \
+      --cluster-enabled yes --cluster-config-file nodes.conf "$@"
+  done
+  for i in 0 1 2 3 4 5; do wait_redis "${ports[i]}" "$dir/node-$((i + 1))/redis.log"; done
+  log="$dir/create.log"
+  if ! redis-cli --cluster create "${nodes[@]}" --cluster-replicas 1 --cluster-yes >"$log" 2>&1; then
+    say "redis-cli --cluster create failed; the end of $log:"
+    last_lines "$log"
+    die "the Redis Cluster was not created, see $log"
+  fi
+  local masters=0 replicas=0 ok=0 port info deadline=$((SECONDS + 60))
+  while [ "$SECONDS" -le "$deadline" ]; do
+    masters=0 replicas=0 ok=0
+    for port in "${ports[@]:0:6}"; do
+      info=$( { redis-cli -p "$port" cluster info; redis-cli -p "$port" info replication; } 2>/dev/null | tr -d '\r' || true)
+      case "$info" in *cluster_state:ok*cluster_known_nodes:6*) ok=$((ok + 1)) ;; esac
+      case "$info" in
+        *role:master*) masters=$((masters + 1)) ;;
+        *role:slave*master_link_status:up*) replicas=$((replicas + 1)) ;;
+      esac
+    done
+    if [ "$ok" = 6 ] && [ "$masters" = 3 ] && [ "$replicas" = 3 ]; then
+      REDIS_URL="redis+cluster://$(IFS=,; echo "${nodes[*]}")"
+      export REDIS_URL
+      say "Redis Cluster ready: cluster_state:ok on all six nodes, 3 masters, 3 replicas linked to them"
+      return
+    fi
+    sleep 0.1
+  done
+  die "the Redis Cluster is not ready after 60 s (cluster_state:ok and six nodes known on $ok of 6, $masters masters, $replicas replicas linked); logs in $dir"
 }
 
 # pg_data_dir STATE_DIR: where start_private_postgres keeps the cluster.
