@@ -17,6 +17,7 @@
 # stop_started_servers (or, kept, by stop_kept_servers).
 
 started_pids=()
+cluster_create_pid=
 # KEEP_SERVERS=STATE_DIR: servers outlive the script (own session), their pids
 # go to STATE_DIR/servers.pids for stop_kept_servers, not to started_pids.
 KEEP_SERVERS=${KEEP_SERVERS:-}
@@ -53,6 +54,8 @@ die() { if colour; then printf '\033[31m[%s] %s\033[0m\n' "${TALLY_SCRIPT:-tally
 
 stop_started_servers() {
   local pid
+  # A `redis-cli --cluster create` still running (start_private_redis_cluster).
+  if [ -n "$cluster_create_pid" ]; then kill -TERM "$cluster_create_pid" 2>/dev/null || true; cluster_create_pid=; fi
   for pid in "${started_pids[@]}"; do kill -INT "$pid" 2>/dev/null || true; done
   for pid in "${started_pids[@]}"; do
     for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
@@ -117,7 +120,7 @@ wait_redis() {
 # redis+cluster://127.0.0.1:PORT,... naming every node.
 start_private_redis_cluster() {
   local state=$1; shift
-  local dir="$state/redis-cluster" ports=() nodes=() i node log
+  local dir="$state/redis-cluster" ports=() nodes=() node_pids=() i node log pid
   mapfile -t ports < <(free_ports 12)   # six client ports, then six bus ports
   [ "${#ports[@]}" = 12 ] || die "cannot find free ports for the Redis Cluster"
   for i in 0 1 2 3 4 5; do nodes+=("127.0.0.1:${ports[i]}"); done
@@ -129,15 +132,32 @@ start_private_redis_cluster() {
     run_server redis-server --port "${ports[i]}" --cluster-port "${ports[i + 6]}" --bind 127.0.0.1 \
       --dir "$node" --save '' --logfile "$node/redis.log" --daemonize no \
       --cluster-enabled yes --cluster-config-file nodes.conf "$@"
+    node_pids+=("$!")
   done
   for i in 0 1 2 3 4 5; do wait_redis "${ports[i]}" "$dir/node-$((i + 1))/redis.log"; done
   log="$dir/create.log"
-  if ! redis-cli --cluster create "${nodes[@]}" --cluster-replicas 1 --cluster-yes >"$log" 2>&1; then
+  # In the background, watched from here: redis-cli ignores SIGINT, and waits
+  # forever for the nodes to join if one of them is gone (stopped by a
+  # Ctrl-C, or crashed). stop_started_servers ends it if we stop meanwhile.
+  local deadline=$((SECONDS + 60))
+  redis-cli --cluster create "${nodes[@]}" --cluster-replicas 1 --cluster-yes >"$log" 2>&1 </dev/null &
+  cluster_create_pid=$!
+  while kill -0 "$cluster_create_pid" 2>/dev/null; do
+    for pid in "${node_pids[@]}"; do
+      kill -0 "$pid" 2>/dev/null || die "a Redis Cluster node (pid $pid) is gone while the cluster was being created (stopped, or see its log in $dir)"
+    done
+    [ "$SECONDS" -le "$deadline" ] || die "redis-cli --cluster create did not finish within 60 s, see $log"
+    sleep 0.1
+  done
+  if ! wait "$cluster_create_pid"; then
+    cluster_create_pid=
     say "redis-cli --cluster create failed; the end of $log:"
     last_lines "$log"
     die "the Redis Cluster was not created, see $log"
   fi
-  local masters=0 replicas=0 ok=0 port info deadline=$((SECONDS + 60))
+  cluster_create_pid=
+  local masters=0 replicas=0 ok=0 port info
+  deadline=$((SECONDS + 60))
   while [ "$SECONDS" -le "$deadline" ]; do
     masters=0 replicas=0 ok=0
     for port in "${ports[@]:0:6}"; do
