@@ -58,6 +58,11 @@ on_exit() {
   [ "$status" = 0 ] || say "demo failed (exit $status); logs are in $state"
 }
 trap on_exit EXIT
+# Ctrl-C, SIGTERM, a closed terminal: exit, so that on_exit stops the servers
+# (bash skips the EXIT trap when a signal kills it).
+trap 'exit 130' INT
+trap 'exit 143' TERM
+trap 'exit 129' HUP
 
 alive() { [ -f "$state/servers.pids" ] && while read -r pid; do kill -0 "$pid" 2>/dev/null || return 1; done <"$state/servers.pids"; }
 if [ "${DEMO_KEEP:-}" = 1 ] && alive && [ -f "$state/servers.env" ]; then
