@@ -46,7 +46,7 @@ fmt: ## Format the code
 	$(CARGO) fmt --all
 
 .PHONY: demo
-demo: deps ## Play a whole matchday through the real services on private Redis and PostgreSQL
+demo: deps ## Play a whole matchday through the real services on private Redis and PostgreSQL (DEMO_REDIS=cluster: on a six-node Redis Cluster)
 	scripts/demo.sh
 
 .PHONY: demo-up

@@ -21,10 +21,24 @@
 # its token (DEMO_CONSOLE_PORT, default 8081 when free). Their pids go to
 # .state/services.pids and their logs to .state/<name>.log; `make demo-down`
 # stops them first, then the servers.
+#
+# DEMO_REDIS=cluster plays the matchday on a private Redis Cluster instead of
+# one redis-server: six nodes (three masters, one replica each, AOF on) on
+# free ports under .state/redis-cluster/, created afresh each time the
+# servers start (start_private_redis_cluster in servers.sh); every service and
+# the CLI get its redis+cluster:// URL, and every node is stopped as the
+# single redis-server is. Unset (or `single`) is one redis-server; any other
+# value is an error.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TALLY_SCRIPT=demo
 source scripts/servers.sh
+
+redis_kind=${DEMO_REDIS:-single}
+case "$redis_kind" in
+  single | cluster) ;;
+  *) die "DEMO_REDIS=$redis_kind is not known: DEMO_REDIS=cluster plays on a private Redis Cluster of six nodes; leave it unset (or single) for one redis-server" ;;
+esac
 
 scripts/ensure-deps.sh
 say "building the binaries (cargo build --bins)"
@@ -69,6 +83,9 @@ if [ "${DEMO_KEEP:-}" = 1 ] && alive && [ -f "$state/servers.env" ]; then
   say "reusing the kept servers ($state/servers.env)"
   # shellcheck disable=SC1091
   source "$state/servers.env"
+  if [ "$redis_kind" = cluster ] && [[ "$REDIS_URL" != redis+cluster://* ]]; then
+    die "the servers kept by make demo-up have one redis-server, not a cluster: make demo-down first for DEMO_REDIS=cluster"
+  fi
 else
   if [ "${DEMO_KEEP:-}" != 1 ] && alive && [ -z "${DATABASE_URL:-}" ]; then
     die "the servers kept by make demo-up are running on this data: run make demo-up again, or make demo-down first"
@@ -77,7 +94,13 @@ else
     [ ! -f "$state/servers.pids" ] || stop_kept_servers "$state"
     KEEP_SERVERS=$state
   fi
-  [ -n "${REDIS_URL:-}" ] || start_private_redis "$state" --appendonly yes
+  if [ "$redis_kind" = cluster ]; then
+    [ -z "${REDIS_URL:-}" ] \
+      || die "DEMO_REDIS=cluster starts a private Redis Cluster, but REDIS_URL is set: unset REDIS_URL, or drop DEMO_REDIS to play on that Redis"
+    start_private_redis_cluster "$state" --appendonly yes
+  elif [ -z "${REDIS_URL:-}" ]; then
+    start_private_redis "$state" --appendonly yes
+  fi
   [ -n "${DATABASE_URL:-}" ] || start_private_postgres "$state" tally_demo
   if [ "${DEMO_KEEP:-}" = 1 ]; then
     printf 'export REDIS_URL=%q DATABASE_URL=%q\n' "$REDIS_URL" "$DATABASE_URL" >"$state/servers.env"
