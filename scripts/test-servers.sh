@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Checks scripts/servers.sh as demo.sh uses it: a private PostgreSQL and
-# redis-server start under a state directory inside a private (mode 700)
-# folder, answer, and stop, and no folder's permissions were changed on the
+# redis-server, and a private Redis Cluster, start under a state directory
+# inside a private (mode 700) folder, answer, and stop, and no folder's permissions were changed on the
 # way (run as root, PostgreSQL runs as the postgres user, which cannot reach
 # the state directory: its data must live where that user can reach it).
 set -euo pipefail
@@ -39,6 +39,20 @@ after=$(modes)
 [ "$before" = "$after" ] || die "permissions changed: before [$before] after [$after]"
 stop_started_servers
 if "$(pg_bin pg_isready)" -d "$DATABASE_URL" -q; then die "PostgreSQL still running after stop"; fi
+
+# A private Redis Cluster (DEMO_REDIS=cluster make demo): six nodes, three
+# masters with a replica each, a key written through the cluster URL's first
+# node lands on its slot's master, and stop_started_servers stops every node.
+start_private_redis_cluster "$state"
+case "$REDIS_URL" in redis+cluster://*,*,*,*,*,*) ;; *) die "not a six-node cluster URL: $REDIS_URL" ;; esac
+hosts=${REDIS_URL#redis+cluster://}
+IFS=, read -r -a cluster_nodes <<<"$hosts"
+roles=$(for node in "${cluster_nodes[@]}"; do redis-cli -p "${node##*:}" role | head -n 1; done | sort | uniq -c | awk '{ printf "%s%s %s", (NR > 1 ? ", " : ""), $1, $2 }')
+[ "$roles" = "3 master, 3 slave" ] || die "cluster roles: $roles"
+redis-cli -c -p "${cluster_nodes[0]##*:}" set '{check}key' value | grep -q OK || die "cannot write through the cluster"
+cluster_pids=("${started_pids[@]}")
+stop_started_servers
+for pid in "${cluster_pids[@]}"; do ! kill -0 "$pid" 2>/dev/null || die "cluster node $pid still running after stop"; done
 
 # Kept servers (make demo-up) outlive their starter, and a second start on
 # the same data fails with the cause from PostgreSQL's log, not a psql error.
