@@ -46,6 +46,15 @@ async fn slot_of(cluster: &RedisCluster, client: &QueueClient, queue: &str) -> u
         .expect("KEYSLOT")
 }
 
+/// How often each job (by payload number) ran.
+fn runs_per_job(runs: &[u64]) -> HashMap<u64, u32> {
+    let mut per_job = HashMap::new();
+    for n in runs {
+        *per_job.entry(*n).or_default() += 1;
+    }
+    per_job
+}
+
 /// A worker recording every run of every job (by payload number).
 fn recording_worker(client: &QueueClient, runs: Arc<Mutex<Vec<u64>>>, pause: Duration) -> Worker {
     Worker::builder(client.clone(), QUEUE)
@@ -341,10 +350,7 @@ async fn a_master_killed_mid_run_is_replaced_by_its_replica_and_nothing_is_lost(
     let report = worker.stop().await;
     let stats = admin.stats(QUEUE).await.expect("stats");
     let runs = runs.lock().expect("lock").clone();
-    let mut per_job: HashMap<u64, u32> = HashMap::new();
-    for n in &runs {
-        *per_job.entry(*n).or_default() += 1;
-    }
+    let per_job = runs_per_job(&runs);
     assert_eq!(per_job.len() as u64, TOTAL, "every job ran: {stats:?} {report:?}");
     assert_eq!(stats.dead, 0, "{stats:?}");
     let again = per_job.values().filter(|c| **c > 1).count();
@@ -452,10 +458,7 @@ async fn a_partitioned_queue_spreads_over_the_masters_and_loses_nothing_when_one
     let report = worker.stop().await;
     let stats = admin.stats(QUEUE).await.expect("stats");
     let runs = runs.lock().expect("lock").clone();
-    let mut per_job: HashMap<u64, u32> = HashMap::new();
-    for n in &runs {
-        *per_job.entry(*n).or_default() += 1;
-    }
+    let per_job = runs_per_job(&runs);
     assert_eq!(per_job.len() as u64, TOTAL, "every job ran: {stats:?} {report:?}");
     assert_eq!((stats.dead, stats.partitions), (0, PARTITIONS), "{stats:?}");
     eprintln!(
