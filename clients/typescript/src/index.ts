@@ -38,7 +38,7 @@ export {
   type ScoreMatchPayload,
   type TraceContext,
 } from './generated/jobs.js';
-export { QueueKeys, checkQueueName } from './keys.js';
+export { MAX_PARTITIONS, QueueKeys, checkQueueName, fnv1a32, partitionForKey } from './keys.js';
 export {
   TallyProducer,
   type BatchOptions,

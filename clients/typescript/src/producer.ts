@@ -2,8 +2,10 @@
  * The producer: enqueues typed jobs by running tally's own enqueue script
  * (`crates/tally-queue/lua/_shared.lua` + `enqueue_jobs.lua`, bundled at build
  * time) on the app's ioredis client, single node or Cluster, and reads queue
- * statistics. Everything is checked before anything is sent: a refused job
- * throws {@link TallyInputError} and Redis sees nothing of its batch.
+ * statistics. A partitioned queue gets each job on one partition, chosen as
+ * the Rust producer chooses (`docs/PROTOCOL.md`, "Partitions"), and its
+ * statistics add the partitions up. Everything is checked before anything
+ * is sent: a refused job throws {@link TallyInputError} and Redis sees nothing of its batch.
  *
  * @module
  */
@@ -24,7 +26,7 @@ import {
   type RefreshViewsPayload,
   type TraceContext,
 } from './generated/jobs.js';
-import { ENQUEUE_CHUNK, QueueKeys, WAKE_CAP, checkQueueName } from './keys.js';
+import { ENQUEUE_CHUNK, MAX_PARTITIONS, PARTITIONS_FIELD, QueueKeys, WAKE_CAP, checkQueueName, partitionForKey } from './keys.js';
 import { activeTraceContext } from './trace.js';
 import { uuidv7 } from './uuid.js';
 
@@ -41,6 +43,13 @@ export interface ProducerOptions {
   readonly now?: () => number;
   /** New job ids (for tests). Default: UUID v7, as the Rust producer. */
   readonly newId?: () => string;
+  /**
+   * How long a queue's partition count (`tally queue partitions`) is used
+   * before it is read from Redis again, in ms (the Rust
+   * `QueueConfig::partition_refresh`). A queue that grows is routed over its
+   * new partitions within this time. Default 5000; 0 reads it on every call.
+   */
+  readonly partitionRefreshMs?: number;
 }
 
 /** Options of one enqueue; all optional. */
@@ -111,8 +120,10 @@ export interface QueueStats {
   readonly counters: QueueCounters;
   /** Whether an operator paused the queue (`tally queue pause`): jobs are accepted, none is claimed. */
   readonly paused: boolean;
-  /** Most jobs in flight across every worker (`tally queue limit`), null when unlimited. */
+  /** Most jobs in flight across every worker (`tally queue limit`), null when unlimited; of a partitioned queue, the sum of its partitions' shares. */
   readonly limit: number | null;
+  /** How many partitions the queue has (`tally queue partitions`; 1 unless partitioned); every figure above adds them up. */
+  readonly partitions: number;
 }
 
 const PRIORITY_LETTER = { high: 'h', normal: 'n', low: 'l' } as const;
@@ -123,6 +134,38 @@ interface Prepared {
   readonly body: string;
   readonly dueMs: number;
 }
+
+/** The partition count from the `partitions` field of partition 0's `control` hash, as the Rust `parse_count`. */
+function parsePartitionCount(queue: string, raw: string | null): number {
+  if (raw === null) return 1;
+  const count = /^\+?[0-9]+$/.test(raw) ? Number(raw) : Number.NaN;
+  if (!(count >= 1 && count <= MAX_PARTITIONS)) {
+    throw new Error(
+      `tally: queue ${JSON.stringify(queue)} has an invalid partition count ${JSON.stringify(raw)} in its control hash ` +
+        `(expected 1 to ${MAX_PARTITIONS})`,
+    );
+  }
+  return count;
+}
+
+/** A whole number >= 0 from a hash field, else null (as the Rust engine reads `limit`). */
+function wholeNumber(raw: string | null | undefined): number | null {
+  return typeof raw === 'string' && /^\+?[0-9]+$/.test(raw) ? Number(raw) : null;
+}
+
+/** One partition's figures, before they are added up. */
+interface PartitionStats {
+  readonly ready: readonly [number, number, number];
+  readonly scheduled: number;
+  readonly inFlight: number;
+  readonly dead: number;
+  readonly oldestReadyAgeMs: number | null;
+  readonly counters: Record<string, string>;
+  readonly paused: boolean;
+  readonly limit: number | null;
+}
+
+const COUNTERS = ['enqueued', 'completed', 'failed', 'retried', 'dead', 'recovered'] as const;
 
 function checkNumber(name: string, value: number | undefined, problems: string[]): void {
   if (value !== undefined && (typeof value !== 'number' || !Number.isFinite(value) || value < 0)) {
@@ -139,7 +182,12 @@ export class TallyProducer {
   readonly prefix: string;
   readonly maxEnvelopeBytes: number;
   private readonly now: () => number;
+  readonly partitionRefreshMs: number;
   private readonly newId: () => string;
+  /** Partition counts by queue: the read (or the read under way) and when it started. */
+  private readonly partitionCounts = new Map<string, { readonly count: Promise<number>; readonly readAt: number }>();
+  /** Round-robin position for jobs without a dedup key (the Rust `PartitionCache::next`). */
+  private nextPartition = 0;
 
   constructor(
     readonly redis: RedisClient,
@@ -149,6 +197,7 @@ export class TallyProducer {
     this.maxEnvelopeBytes = options.maxEnvelopeBytes ?? 1024 * 1024;
     this.now = options.now ?? Date.now;
     this.newId = options.newId ?? (() => uuidv7(this.now()));
+    this.partitionRefreshMs = options.partitionRefreshMs ?? 5000;
     const problems: string[] = [];
     if (typeof this.prefix !== 'string' || this.prefix === '' || /[{}]/.test(this.prefix)) {
       problems.push(`prefix: must be non-empty and free of braces, got ${JSON.stringify(this.prefix)}`);
@@ -156,12 +205,39 @@ export class TallyProducer {
     if (!Number.isSafeInteger(this.maxEnvelopeBytes) || this.maxEnvelopeBytes < 1) {
       problems.push(`maxEnvelopeBytes: must be a whole number >= 1, got ${String(this.maxEnvelopeBytes)}`);
     }
+    if (typeof this.partitionRefreshMs !== 'number' || !Number.isFinite(this.partitionRefreshMs) || this.partitionRefreshMs < 0) {
+      problems.push(`partitionRefreshMs: must be a finite number >= 0, got ${String(this.partitionRefreshMs)}`);
+    }
     if (problems.length > 0) throw new TallyInputError('producer options', problems);
   }
 
-  /** Key names of a queue under this producer's prefix. */
-  keys(queue: string): QueueKeys {
-    return new QueueKeys(this.prefix, queue);
+  /** Key names of a queue (of one of its partitions, 0 by default: all of a queue that is not partitioned) under this producer's prefix. */
+  keys(queue: string, partition = 0): QueueKeys {
+    return new QueueKeys(this.prefix, queue, partition);
+  }
+
+  /**
+   * How many partitions `queue` has (1 unless it was partitioned with
+   * `tally queue partitions`), as read from Redis at most
+   * `partitionRefreshMs` ago.
+   *
+   * @throws {Error} when the stored count is not a whole number from 1 to 64
+   */
+  async partitions(queue: string): Promise<number> {
+    checkQueueName(queue);
+    const now = performance.now();
+    const known = this.partitionCounts.get(queue);
+    if (known !== undefined && now - known.readAt < this.partitionRefreshMs) return known.count;
+    // One read at a time per queue; a failed read is not remembered.
+    const count = Promise.resolve(this.redis.hget(this.keys(queue).control, PARTITIONS_FIELD)).then((raw) =>
+      parsePartitionCount(queue, raw),
+    );
+    const entry = { count, readAt: now };
+    this.partitionCounts.set(queue, entry);
+    count.catch(() => {
+      if (this.partitionCounts.get(queue) === entry) this.partitionCounts.delete(queue);
+    });
+    return count;
   }
 
   /**
@@ -180,10 +256,12 @@ export class TallyProducer {
 
   /**
    * Enqueues many jobs, of any kinds, with the same options: one script call
-   * per queue and thousand jobs. Every job is checked first; one refused job
-   * refuses the batch and nothing is sent. Calls for different queues are
-   * separate, so a connection lost half way may leave part of a batch
-   * enqueued (results are in the order of `jobs`).
+   * per queue partition and thousand jobs (a job with a dedup key goes to
+   * the partition its key hashes to, the others round robin). Every job is
+   * checked first; one refused job refuses the batch and nothing is sent.
+   * Calls for different queues or partitions are separate, so a connection
+   * lost half way may leave part of a batch enqueued (results are in the
+   * order of `jobs`).
    *
    * @throws {TallyInputError} before anything reaches Redis, when a job or an option is refused
    */
@@ -290,11 +368,26 @@ export class TallyProducer {
     return { envelope, body, dueMs };
   }
 
-  /** Sends prepared jobs, grouped by hash tag, a thousand per script call. */
+  /** The partition of a job: by its dedup key, else round robin (the Rust `QueueClient::route`). */
+  private route(dedupKey: string | undefined, partitions: number): number {
+    if (partitions <= 1) return 0;
+    if (dedupKey !== undefined) return partitionForKey(dedupKey, partitions);
+    const partition = this.nextPartition % partitions;
+    this.nextPartition = (this.nextPartition + 1) % 0x1_0000_0000;
+    return partition;
+  }
+
+  /**
+   * Sends prepared jobs, each to its queue's partition (by dedup key, else
+   * round robin), grouped by hash tag, a thousand per script call.
+   */
   private async push(prepared: readonly Prepared[], now: number): Promise<Enqueued[]> {
+    const queues = [...new Set(prepared.map((job) => job.envelope.queue))];
+    const counts = new Map(await Promise.all(queues.map(async (queue) => [queue, await this.partitions(queue)] as const)));
     const groups = new Map<string, { keys: QueueKeys; items: { index: number; job: Prepared }[] }>();
     prepared.forEach((job, index) => {
-      const keys = this.keys(job.envelope.queue);
+      const { queue, dedupKey } = job.envelope;
+      const keys = this.keys(queue, this.route(dedupKey, counts.get(queue) ?? 1));
       let group = groups.get(keys.tag);
       if (!group) {
         group = { keys, items: [] };
@@ -353,23 +446,52 @@ export class TallyProducer {
     return out;
   }
 
+  /** A queue's statistics: each partition's (one pipeline per partition, all at once), added up as the Rust `QueueAdmin::stats`. */
   private async oneQueueStats(queue: string): Promise<QueueStats> {
     checkQueueName(queue);
-    const keys = this.keys(queue);
+    const count = await this.partitions(queue);
+    const parts = await Promise.all(Array.from({ length: count }, (_, p) => this.partitionStats(this.keys(queue, p))));
+    const sum = (pick: (p: PartitionStats) => number): number => parts.reduce((n, p) => n + pick(p), 0);
+    const ages = parts.map((p) => p.oldestReadyAgeMs).filter((age): age is number => age !== null);
+    const limits = parts.map((p) => p.limit).filter((limit): limit is number => limit !== null);
+    const counter = (name: (typeof COUNTERS)[number]): number => sum((p) => Number(p.counters[name] ?? 0));
+    const [high, normal, low] = [0, 1, 2].map((i) => sum((p) => p.ready[i] ?? 0)) as [number, number, number];
+    return {
+      ready: high + normal + low,
+      readyByPriority: { high, normal, low },
+      scheduled: sum((p) => p.scheduled),
+      inFlight: sum((p) => p.inFlight),
+      dead: sum((p) => p.dead),
+      oldestReadyAgeMs: ages.length > 0 ? Math.max(...ages) : null,
+      counters: {
+        enqueued: counter('enqueued'),
+        completed: counter('completed'),
+        failed: counter('failed'),
+        retried: counter('retried'),
+        dead: counter('dead'),
+        recovered: counter('recovered'),
+      },
+      // A pause is written to every partition, a limit split between them.
+      paused: parts.some((p) => p.paused),
+      limit: limits.length > 0 ? limits.reduce((a, b) => a + b, 0) : null,
+      partitions: count,
+    };
+  }
+
+  /** One partition's figures: one pipeline on its slot, then the envelopes at the heads of its ready lists. */
+  private async partitionStats(keys: QueueKeys): Promise<PartitionStats> {
     const ready = PRIORITIES.map((p) => keys.ready(p));
     const pipeline = this.redis.pipeline();
     for (const key of ready) pipeline.llen(key);
     pipeline.zcard(keys.scheduled).zcard(keys.leases).zcard(keys.dead).hgetall(keys.stats);
     for (const key of ready) pipeline.lindex(key, 0);
-    pipeline.hmget(keys.part('control'), 'paused', 'limit');
+    pipeline.hmget(keys.control, 'paused', 'limit');
     const replies = (await pipeline.exec()) ?? [];
     const values = replies.map(([error, value]) => {
       if (error) throw error;
       return value;
     });
     const n = (i: number): number => Number(values[i] ?? 0);
-    const counters = (values[6] ?? {}) as Record<string, string>;
-    const counter = (name: string): number => Number(counters[name] ?? 0);
     const heads = values.slice(7, 10).filter((v): v is string => typeof v === 'string');
     const [paused, limit] = (values[10] ?? [null, null]) as [string | null, string | null];
     let oldestReadyAgeMs: number | null = null;
@@ -390,22 +512,14 @@ export class TallyProducer {
       }
     }
     return {
-      ready: n(0) + n(1) + n(2),
-      readyByPriority: { high: n(0), normal: n(1), low: n(2) },
+      ready: [n(0), n(1), n(2)],
       scheduled: n(3),
       inFlight: n(4),
       dead: n(5),
       oldestReadyAgeMs,
-      counters: {
-        enqueued: counter('enqueued'),
-        completed: counter('completed'),
-        failed: counter('failed'),
-        retried: counter('retried'),
-        dead: counter('dead'),
-        recovered: counter('recovered'),
-      },
+      counters: (values[6] ?? {}) as Record<string, string>,
       paused: paused === '1',
-      limit: limit === null ? null : Number(limit),
+      limit: wholeNumber(limit),
     };
   }
 }

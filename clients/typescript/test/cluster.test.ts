@@ -11,7 +11,7 @@ import { after, before, test } from 'node:test';
 
 import { Cluster } from 'ioredis';
 
-import { TallyProducer } from '../src/index.js';
+import { TallyProducer, partitionForKey } from '../src/index.js';
 import { tally } from './support/repo.js';
 import { startRedis, stopAll, waitFor, type RedisServer } from './support/servers.js';
 
@@ -72,4 +72,37 @@ test('jobs, dedup and queueStats on a cluster, read back by the Rust CLI', async
   };
   assert.equal(cli.queues['scoring']?.ready, 3);
   assert.deepStrictEqual(cli.queues['stats']?.readyByPriority, { high: 1, normal: 1, low: 0 });
+});
+
+test('a partitioned queue on a cluster: its partitions on several masters, jobs spread and keyed, queueStats and the Rust CLI agree', async () => {
+  const url = `redis+cluster://${nodes.map((n) => `127.0.0.1:${n.port}`).join(',')}`;
+  const env = { REDIS_URL: url, TALLY_QUEUE_PREFIX: 'tallyp' };
+  const grown = JSON.parse(tally(['--json', 'queue', 'partitions', 'stats', '4'], env)) as { partitions: number };
+  assert.equal(grown.partitions, 4);
+  const producer = new TallyProducer(cluster, { prefix: 'tallyp' });
+  assert.equal(await producer.partitions('stats'), 4);
+  // The partitions' hash tags sit on more than one master.
+  const owners = new Set<string>();
+  for (let p = 0; p < 4; p++) {
+    const slot = Number(await cluster.call('CLUSTER', 'KEYSLOT', producer.keys('stats', p).jobs));
+    const shards = (await cluster.call('CLUSTER', 'SLOTS')) as [number, number, [string, number]][];
+    const owner = shards.find(([from, to]) => slot >= from && slot <= to);
+    owners.add(String(owner?.[2][1]));
+  }
+  assert.ok(owners.size >= 2, `the 4 partitions are served by ${owners.size} master(s)`);
+
+  const jobs = Array.from({ length: 40 }, (_, i) => ({ kind: 'calculate_points' as const, payload: { matchId: i + 1 } }));
+  const out = await producer.enqueueBatch([...jobs, { kind: 'refresh_views', payload: { scope: 'leaderboard' } }]);
+  assert.equal(out.length, 41);
+  const lens = await Promise.all([0, 1, 2, 3].map((p) => cluster.llen(producer.keys('stats', p).ready('normal'))));
+  const refreshIn = partitionForKey('refresh_views:leaderboard', 4);
+  assert.deepStrictEqual(lens, [0, 1, 2, 3].map((p) => 10 + (p === refreshIn ? 1 : 0)));
+  assert.deepStrictEqual(await producer.enqueueViewRefresh('leaderboard'), { id: out[40]!.id, deduplicated: true });
+
+  const mine = await producer.queueStats('stats');
+  assert.deepStrictEqual([mine.ready, mine.partitions, mine.counters.enqueued], [41, 4, 41]);
+  const cli = JSON.parse(tally(['--json', 'queue', 'stats', '--queue', 'stats'], env)) as {
+    queues: { stats: { ready: number; partitions: number; counters: { enqueued: number } } };
+  };
+  assert.deepStrictEqual([cli.queues.stats.ready, cli.queues.stats.partitions, cli.queues.stats.counters.enqueued], [41, 4, 41]);
 });

@@ -48,8 +48,17 @@ after(async () => {
   await stopAll();
 });
 
-function env(): Record<string, string> {
-  return { REDIS_URL: redis.url, DATABASE_URL: postgres.url, TALLY_QUEUE_PREFIX: 'tally', RUST_LOG: 'info' };
+function env(prefix = 'tally'): Record<string, string> {
+  return { REDIS_URL: redis.url, DATABASE_URL: postgres.url, TALLY_QUEUE_PREFIX: prefix, RUST_LOG: 'info' };
+}
+
+let seeded = false;
+/** Migrates and seeds the database once (with the `tally` CLI, as the demo does). */
+function seed(): void {
+  if (seeded) return;
+  tally(['migrate'], env());
+  tally(['seed', '--users', '60', '--predictions', '600', '--competitions', '2', '--teams', '6', '--played', '0.3', '--seed', '7'], env());
+  seeded = true;
 }
 
 /** The overall leaderboard as published: user id -> points. */
@@ -84,11 +93,11 @@ function differences(a: Map<number, number>, b: Map<number, number>): string[] {
   return [...users].filter((u) => (a.get(u) ?? 0) !== (b.get(u) ?? 0)).map((u) => `user ${u}: ${a.get(u) ?? 0} published, ${b.get(u) ?? 0} expected`);
 }
 
-async function startWorker(name: 'scoring-worker' | 'stats-worker'): Promise<void> {
+async function startWorker(name: 'scoring-worker' | 'stats-worker', prefix = 'tally'): Promise<ChildProcess> {
   const port = await freePort();
   const child = startChild(binary(name), [], {
     ...process.env,
-    ...env(),
+    ...env(prefix),
     HEALTH_ADDR: `127.0.0.1:${port}`,
     LEASE_SECS: '2',
     SHUTDOWN_TIMEOUT_SECS: '5',
@@ -101,11 +110,11 @@ async function startWorker(name: 'scoring-worker' | 'stats-worker'): Promise<voi
       return false;
     }
   });
+  return child;
 }
 
 test('ScoreMatch enqueued by the package reaches a fresh leaderboard through the real workers', async () => {
-  tally(['migrate'], env());
-  tally(['seed', '--users', '60', '--predictions', '600', '--competitions', '2', '--teams', '6', '--played', '0.3', '--seed', '7'], env());
+  seed();
   assert.deepStrictEqual(differences(published(), recomputed()), [], 'the seeded leaderboard is consistent');
 
   // A scheduled match with predictions; its result is one user's exact
@@ -170,5 +179,70 @@ test('ScoreMatch enqueued by the package reaches a fresh leaderboard through the
     const exited = new Promise<number | null>((resolve) => w.child.once('exit', (code) => resolve(code)));
     w.child.kill('SIGTERM');
     assert.equal(await exited, 0, `${w.name} exit code`);
+  }
+});
+
+test('partitioned queues: the package spreads ScoreMatch jobs over the partitions and the real workers finish every one', async () => {
+  seed();
+  // Fresh queues under their own prefix, partitioned before the workers start.
+  const prefix = 'tallyparts';
+  tally(['queue', 'partitions', 'scoring', '3'], env(prefix));
+  tally(['queue', 'partitions', 'stats', '4'], env(prefix));
+  const producer = new TallyProducer(client, { prefix });
+  const matches = postgres
+    .psql(
+      `SELECT m.id FROM matches m WHERE m.status = 'scheduled'
+          AND EXISTS (SELECT 1 FROM predictions p WHERE p.match_id = m.id)
+        ORDER BY m.kickoff_at, m.id LIMIT 6`,
+    )
+    .split('\n')
+    .filter(Boolean)
+    .map(Number);
+  assert.equal(matches.length, 6, 'the seed left six scheduled matches with predictions');
+  postgres.psql(
+    `UPDATE matches SET status = 'finished', home_score = 2, away_score = 1, finished_at = now() WHERE id IN (${matches.join(', ')})`,
+  );
+  const enqueued = await producer.enqueueBatch(matches.map((matchId) => ({ kind: 'score_match', payload: { matchId } })));
+  assert.ok(enqueued.every((e) => !e.deduplicated));
+  // Keyed refreshes too (coalesced per scope, on their keys' partitions).
+  for (const scope of ['all', 'leaderboard', 'standings'] as const) await producer.enqueueViewRefresh(scope);
+  // Round robin: two ScoreMatch jobs in each scoring partition.
+  const perPartition = await Promise.all([0, 1, 2].map((p) => client.llen(producer.keys('scoring', p).ready('normal'))));
+  assert.deepStrictEqual(perPartition, [2, 2, 2]);
+  assert.equal((await producer.queueStats('scoring')).partitions, 3);
+
+  const started = [await startWorker('scoring-worker', prefix), await startWorker('stats-worker', prefix)];
+  const deadline = Date.now() + 60_000;
+  let last = '';
+  for (;;) {
+    const all = await producer.queueStats();
+    const dead = Object.entries(all).filter(([, s]) => s.dead > 0);
+    assert.deepStrictEqual(dead, [], 'no job died');
+    const busy = Object.values(all).reduce((n, s: QueueStats) => n + s.ready + s.scheduled + s.inFlight, 0);
+    if (all.scoring.counters.completed >= 6 && busy === 0) {
+      const diff = differences(published(), recomputed());
+      if (diff.length === 0) break;
+      last = diff.slice(0, 5).join('; ');
+    } else {
+      last = `scoring completed ${all.scoring.counters.completed}, ${busy} job(s) not finished`;
+    }
+    if (Date.now() > deadline) {
+      const logs = workers.map((w) => `--- ${w.name}:\n${outputTail(w.child)}`).join('\n');
+      assert.fail(`not settled after 60 s: ${last}\n${logs}`);
+    }
+    await sleep(100);
+  }
+  const done = await producer.queueStats();
+  assert.deepStrictEqual([done.scoring.counters.enqueued, done.scoring.counters.completed, done.scoring.partitions], [6, 6, 3]);
+  assert.equal(done.stats.partitions, 4);
+  assert.ok(done.stats.counters.completed >= 9, `stats jobs completed: ${done.stats.counters.completed}`);
+  // Every scoring partition ran its two jobs.
+  const completed = await Promise.all([0, 1, 2].map((p) => client.hget(producer.keys('scoring', p).stats, 'completed')));
+  assert.deepStrictEqual(completed, ['2', '2', '2']);
+  assert.equal(postgres.psql(`SELECT count(*) FROM predictions WHERE match_id IN (${matches.join(', ')}) AND points IS NULL`), '0');
+  for (const child of started) {
+    const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+    child.kill('SIGTERM');
+    assert.equal(await exited, 0, 'worker exit code');
   }
 });

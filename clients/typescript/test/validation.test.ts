@@ -95,6 +95,18 @@ test('bad options are refused', async () => {
   assert.throws(() => new TallyProducer(untouchable, { maxEnvelopeBytes: 0 }), /maxEnvelopeBytes: must be a whole number >= 1/);
 });
 
+test("a queue name with '#' (the partition separator: stats#2 is partition 2 of stats) is refused before Redis", async () => {
+  for (const name of ['stats#2', '#', 'a#b']) {
+    await refused(name, () => producer.queueStats(name), /^queue name: must be non-empty and free of braces and '#', got "/);
+    await refused(name, () => producer.partitions(name), /free of braces and '#'/);
+    assert.throws(() => producer.keys(name), (e: unknown) => e instanceof TallyInputError && /free of braces and '#'/.test(e.message));
+  }
+  assert.throws(() => producer.keys('stats', 64), /partition: must be a whole number from 0 to 63, got 64/);
+  assert.equal(producer.keys('stats', 2).jobs, 'tally:{stats#2}:jobs');
+  assert.equal(producer.keys('stats', 0).jobs, 'tally:{stats}:jobs');
+  assert.throws(() => new TallyProducer(untouchable, { partitionRefreshMs: -1 }), /partitionRefreshMs: must be a finite number >= 0/);
+});
+
 test('an envelope above the size limit is refused; the limit is configurable', async () => {
   const huge: EnqueueOptions = { dedupKey: 'k'.repeat(1024 * 1024) };
   await refused(
