@@ -337,6 +337,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn queue_partitions_is_optional_and_checked() {
+        let db = ("DATABASE_URL", "postgres://u:secret@db/x");
+        let s = WorkerSettings::from_env(&Env::from_pairs([db])).expect("unset");
+        assert_eq!(s.partitions, None);
+        let s = WorkerSettings::from_env(&Env::from_pairs([db, ("QUEUE_PARTITIONS", "3")])).expect("three");
+        assert_eq!(s.partitions, Some(3));
+        let s = WorkerSettings::from_env(&Env::from_pairs([db, ("QUEUE_PARTITIONS", " ")])).expect("blank");
+        assert_eq!(s.partitions, None, "blank is unset, as for every setting");
+        for bad in ["0", "65", "x"] {
+            let err = WorkerSettings::from_env(&Env::from_pairs([db, ("QUEUE_PARTITIONS", bad)]))
+                .expect_err("refused")
+                .to_string();
+            assert!(err.contains("QUEUE_PARTITIONS"), "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
     fn worker_settings_need_a_database_and_check_numbers() {
         let err = WorkerSettings::from_env(&Env::from_pairs([])).expect_err("no DATABASE_URL");
         assert!(err.to_string().starts_with("missing setting DATABASE_URL"), "{err}");
