@@ -26,7 +26,8 @@
 # one redis-server: six nodes (three masters, one replica each, AOF on) on
 # free ports under .state/redis-cluster/, created afresh each time the
 # servers start (start_private_redis_cluster in servers.sh); every service and
-# the CLI get its redis+cluster:// URL, and every node is stopped as the
+# the CLI get its redis+cluster:// URL, the workers QUEUE_PARTITIONS=3 (both
+# queues in three partitions), and every node is stopped as the
 # single redis-server is. Unset (or `single`) is one redis-server; any other
 # value is an error.
 set -euo pipefail
@@ -98,6 +99,9 @@ else
     [ -z "${REDIS_URL:-}" ] \
       || die "DEMO_REDIS=cluster starts a private Redis Cluster, but REDIS_URL is set: unset REDIS_URL, or drop DEMO_REDIS to play on that Redis"
     start_private_redis_cluster "$state" --appendonly yes
+    # Each worker spreads its queue over three hash slots (partitions), so
+    # the matchday's jobs cross several masters (docs/OPERATIONS.md).
+    export QUEUE_PARTITIONS=${QUEUE_PARTITIONS:-3}
   elif [ -z "${REDIS_URL:-}" ]; then
     start_private_redis "$state" --appendonly yes
   fi

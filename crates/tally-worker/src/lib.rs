@@ -162,9 +162,17 @@ pub async fn run_worker(
         .map_err(|e| anyhow::anyhow!("cannot serve probes on HEALTH_ADDR={}: {e}", settings.health_addr))?;
     tracing::info!(addr = %health.addr(), "probes and metrics listening");
 
-    let partitions = settings
+    // QUEUE_PARTITIONS before the worker starts, when Redis answers: the
+    // worker then starts with a lane per partition at once, instead of
+    // restarting its lanes when it notices the new count (within 5 s).
+    let mut partitions = settings
         .partitions
         .map(|count| tokio::spawn(ensure_partitions(QueueAdmin::new(client.clone()), queue, count)));
+    if let Some(task) = partitions.as_mut()
+        && tokio::time::timeout(probe, task).await.is_ok()
+    {
+        partitions = None;
+    }
     let gauges = tokio::spawn(observe::sample_queue_gauges(
         QueueAdmin::new(client.clone()),
         vec![queue.to_owned()],
