@@ -186,8 +186,6 @@ export class TallyProducer {
   private readonly newId: () => string;
   /** Partition counts by queue: the read (or the read under way) and when it started. */
   private readonly partitionCounts = new Map<string, { readonly count: Promise<number>; readonly readAt: number }>();
-  /** Round-robin position for jobs without a dedup key (the Rust `PartitionCache::next`). */
-  private nextPartition = 0;
 
   constructor(
     readonly redis: RedisClient,
@@ -257,7 +255,8 @@ export class TallyProducer {
   /**
    * Enqueues many jobs, of any kinds, with the same options: one script call
    * per queue partition and thousand jobs (a job with a dedup key goes to
-   * the partition its key hashes to, the others round robin). Every job is
+   * the partition its key hashes to, the others to the one their id hashes
+   * to). Every job is
    * checked first; one refused job refuses the batch and nothing is sent.
    * Calls for different queues or partitions are separate, so a connection
    * lost half way may leave part of a batch enqueued (results are in the
@@ -368,26 +367,26 @@ export class TallyProducer {
     return { envelope, body, dueMs };
   }
 
-  /** The partition of a job: by its dedup key, else round robin (the Rust `QueueClient::route`). */
-  private route(dedupKey: string | undefined, partitions: number): number {
-    if (partitions <= 1) return 0;
-    if (dedupKey !== undefined) return partitionForKey(dedupKey, partitions);
-    const partition = this.nextPartition % partitions;
-    this.nextPartition = (this.nextPartition + 1) % 0x1_0000_0000;
-    return partition;
+  /**
+   * The partition of a job: by its dedup key, else by its id (as the Rust
+   * engine), so a job sent again with the same key or id reaches the
+   * partition holding its first copy.
+   */
+  private route(dedupKey: string | undefined, id: string, partitions: number): number {
+    return partitionForKey(dedupKey ?? id, partitions);
   }
 
   /**
    * Sends prepared jobs, each to its queue's partition (by dedup key, else
-   * round robin), grouped by hash tag, a thousand per script call.
+   * by id), grouped by hash tag, a thousand per script call.
    */
   private async push(prepared: readonly Prepared[], now: number): Promise<Enqueued[]> {
     const queues = [...new Set(prepared.map((job) => job.envelope.queue))];
     const counts = new Map(await Promise.all(queues.map(async (queue) => [queue, await this.partitions(queue)] as const)));
     const groups = new Map<string, { keys: QueueKeys; items: { index: number; job: Prepared }[] }>();
     prepared.forEach((job, index) => {
-      const { queue, dedupKey } = job.envelope;
-      const keys = this.keys(queue, this.route(dedupKey, counts.get(queue) ?? 1));
+      const { queue, dedupKey, id } = job.envelope;
+      const keys = this.keys(queue, this.route(dedupKey, id, counts.get(queue) ?? 1));
       let group = groups.get(keys.tag);
       if (!group) {
         group = { keys, items: [] };

@@ -17,6 +17,7 @@ import type { ChildProcess } from 'node:child_process';
 import type { Redis } from 'ioredis';
 
 import { TallyProducer, type QueueStats } from '../src/index.js';
+import { idIn } from './support/partitions.js';
 import { binary, tally } from './support/repo.js';
 import {
   freePort,
@@ -93,6 +94,34 @@ function differences(a: Map<number, number>, b: Map<number, number>): string[] {
   return [...users].filter((u) => (a.get(u) ?? 0) !== (b.get(u) ?? 0)).map((u) => `user ${u}: ${a.get(u) ?? 0} published, ${b.get(u) ?? 0} expected`);
 }
 
+/**
+ * Waits (at most a minute) until the chain has run: at least `scoring` scoring
+ * jobs done, nothing left waiting or running anywhere, and the leaderboard
+ * equal to the recomputation. Dead jobs fail at once.
+ */
+async function waitSettled(producer: TallyProducer, scoring: number): Promise<void> {
+  const deadline = Date.now() + 60_000;
+  let last = '';
+  for (;;) {
+    const all = await producer.queueStats();
+    const dead = Object.entries(all).filter(([, s]) => s.dead > 0);
+    assert.deepStrictEqual(dead, [], 'no job died');
+    const busy = Object.values(all).reduce((n, s: QueueStats) => n + s.ready + s.scheduled + s.inFlight, 0);
+    if (all.scoring.counters.completed >= scoring && busy === 0) {
+      const diff = differences(published(), recomputed());
+      if (diff.length === 0) return;
+      last = diff.slice(0, 5).join('; ');
+    } else {
+      last = `scoring completed ${all.scoring.counters.completed}, ${busy} job(s) not finished`;
+    }
+    if (Date.now() > deadline) {
+      const logs = workers.map((w) => `--- ${w.name}:\n${outputTail(w.child)}`).join('\n');
+      assert.fail(`not settled after 60 s: ${last}\n${logs}`);
+    }
+    await sleep(100);
+  }
+}
+
 async function startWorker(name: 'scoring-worker' | 'stats-worker', prefix = 'tally'): Promise<ChildProcess> {
   const port = await freePort();
   const child = startChild(binary(name), [], {
@@ -142,29 +171,7 @@ test('ScoreMatch enqueued by the package reaches a fresh leaderboard through the
   await startWorker('scoring-worker');
   await startWorker('stats-worker');
 
-  // Wait (at most a minute) until the chain has run: the scoring job done,
-  // nothing left waiting or running anywhere, and the leaderboard equal to
-  // the recomputation. Dead jobs fail at once.
-  const deadline = Date.now() + 60_000;
-  let last = '';
-  for (;;) {
-    const all = await producer.queueStats();
-    const dead = Object.entries(all).filter(([, s]) => s.dead > 0);
-    assert.deepStrictEqual(dead, [], 'no job died');
-    const busy = Object.values(all).reduce((n, s: QueueStats) => n + s.ready + s.scheduled + s.inFlight, 0);
-    if (all.scoring.counters.completed >= 1 && busy === 0) {
-      const diff = differences(published(), recomputed());
-      if (diff.length === 0) break;
-      last = diff.slice(0, 5).join('; ');
-    } else {
-      last = `scoring completed ${all.scoring.counters.completed}, ${busy} job(s) not finished`;
-    }
-    if (Date.now() > deadline) {
-      const logs = workers.map((w) => `--- ${w.name}:\n${outputTail(w.child)}`).join('\n');
-      assert.fail(`not settled after 60 s: ${last}\n${logs}`);
-    }
-    await sleep(100);
-  }
+  await waitSettled(producer, 1);
 
   // Only the package's job went through the scoring queue, and the chain
   // reached the stats queue (points, then the refresh).
@@ -202,36 +209,19 @@ test('partitioned queues: the package spreads ScoreMatch jobs over the partition
   postgres.psql(
     `UPDATE matches SET status = 'finished', home_score = 2, away_score = 1, finished_at = now() WHERE id IN (${matches.join(', ')})`,
   );
-  const enqueued = await producer.enqueueBatch(matches.map((matchId) => ({ kind: 'score_match', payload: { matchId } })));
+  // Ids chosen so that each scoring partition gets two (a job without a
+  // dedup key goes to the partition its id hashes to).
+  const enqueued = await Promise.all(matches.map((matchId, i) => producer.enqueueScoreMatch(matchId, { id: idIn(i % 3, 3, `e2e-${matchId}`) })));
   assert.ok(enqueued.every((e) => !e.deduplicated));
   // Keyed refreshes too (coalesced per scope, on their keys' partitions).
   for (const scope of ['all', 'leaderboard', 'standings'] as const) await producer.enqueueViewRefresh(scope);
-  // Round robin: two ScoreMatch jobs in each scoring partition.
+  // Two ScoreMatch jobs in each scoring partition.
   const perPartition = await Promise.all([0, 1, 2].map((p) => client.llen(producer.keys('scoring', p).ready('normal'))));
   assert.deepStrictEqual(perPartition, [2, 2, 2]);
   assert.equal((await producer.queueStats('scoring')).partitions, 3);
 
   const started = [await startWorker('scoring-worker', prefix), await startWorker('stats-worker', prefix)];
-  const deadline = Date.now() + 60_000;
-  let last = '';
-  for (;;) {
-    const all = await producer.queueStats();
-    const dead = Object.entries(all).filter(([, s]) => s.dead > 0);
-    assert.deepStrictEqual(dead, [], 'no job died');
-    const busy = Object.values(all).reduce((n, s: QueueStats) => n + s.ready + s.scheduled + s.inFlight, 0);
-    if (all.scoring.counters.completed >= 6 && busy === 0) {
-      const diff = differences(published(), recomputed());
-      if (diff.length === 0) break;
-      last = diff.slice(0, 5).join('; ');
-    } else {
-      last = `scoring completed ${all.scoring.counters.completed}, ${busy} job(s) not finished`;
-    }
-    if (Date.now() > deadline) {
-      const logs = workers.map((w) => `--- ${w.name}:\n${outputTail(w.child)}`).join('\n');
-      assert.fail(`not settled after 60 s: ${last}\n${logs}`);
-    }
-    await sleep(100);
-  }
+  await waitSettled(producer, 6);
   const done = await producer.queueStats();
   assert.deepStrictEqual([done.scoring.counters.enqueued, done.scoring.counters.completed, done.scoring.partitions], [6, 6, 3]);
   assert.equal(done.stats.partitions, 4);

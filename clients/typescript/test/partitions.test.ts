@@ -16,6 +16,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { Redis } from 'ioredis';
 
 import { TallyProducer, fnv1a32, partitionForKey, type Job, type QueueStats } from '../src/index.js';
+import { idIn } from './support/partitions.js';
 import { engineScript, tally } from './support/repo.js';
 import { startRedis, stopAll, type RedisServer } from './support/servers.js';
 
@@ -135,16 +136,26 @@ test('a dedup key lands on its partition and coalesces there, from another produ
   assert.deepStrictEqual([cli.queues.stats.ready, cli.queues.stats.partitions], [40, 4]);
 });
 
-test('jobs without a key spread round robin over the partitions; a mixed batch keeps its order over partitions and chunks', async () => {
+test('jobs without a key go to the partition their id hashes to; a mixed batch keeps its order over partitions and chunks', async () => {
   partition('scoring', 3);
   partition('stats', 2);
   const producer = new TallyProducer(client);
   const jobs: Job[] = Array.from({ length: 600 }, (_, i) => ({ kind: 'score_match', payload: { matchId: i + 1 } }));
-  await producer.enqueueBatch(jobs);
-  assert.deepStrictEqual(await readyPerPartition(producer, 'scoring', 3), [200, 200, 200], 'as the Rust producer: an even spread');
-  // One at a time, the rotation goes on.
-  for (let i = 0; i < 4; i++) await producer.enqueueScoreMatch(1000 + i);
-  assert.deepStrictEqual(await readyPerPartition(producer, 'scoring', 3), [202, 201, 201]);
+  const sent = await producer.enqueueBatch(jobs);
+  const spread = await readyPerPartition(producer, 'scoring', 3);
+  assert.equal(spread.reduce((a, b) => a + b, 0), 600);
+  assert.ok(spread.every((n) => n >= 140 && n <= 260), `as the Rust producer: about a third each, got ${spread.join(', ')}`);
+  for (const { id } of sent.slice(0, 20)) {
+    assert.deepStrictEqual(await partitionsHolding(producer, 'scoring', 3, id), [partitionForKey(id, 3)], id);
+  }
+  // Sent again under its id (as a relay does after a lost reply), a job
+  // meets its first copy in its partition.
+  for (let i = 0; i < 12; i++) {
+    const first = await producer.enqueueScoreMatch(2000 + i, { id: `outbox-${i}` });
+    const again = await producer.enqueueScoreMatch(2000 + i, { id: `outbox-${i}` });
+    assert.deepStrictEqual([first.deduplicated, again.deduplicated, again.id], [false, true, `outbox-${i}`]);
+  }
+  assert.equal((await producer.queueStats('scoring')).ready, 612);
 
   // 5,000 jobs over both queues, keyed and not: more than a thousand per
   // partition (several script calls each), results in the order given.
@@ -200,10 +211,11 @@ test('the partition count is read again every partitionRefreshMs; a bad count is
   assert.deepStrictEqual(await readyPerPartition(slow, 'scoring', 2), [8, 0]);
   await sleep(1100);
   for (let i = 0; i < 4; i++) {
-    await slow.enqueueScoreMatch(i + 20);
-    await quick.enqueueScoreMatch(i + 30);
+    await slow.enqueueScoreMatch(i + 20, { id: idIn(1, 2, `slow-${i}`) });
+    await quick.enqueueScoreMatch(i + 30, { id: idIn(i % 2, 2, `quick-${i}`) });
   }
-  // The slow one still writes to partition 0 only; the quick one spreads.
+  // The slow one still writes to partition 0 only (even ids that hash to
+  // partition 1); the quick one spreads by id.
   assert.deepStrictEqual(await readyPerPartition(slow, 'scoring', 2), [14, 2]);
   assert.equal(await slow.partitions('scoring'), 1);
   assert.equal(await quick.partitions('scoring'), 2);
@@ -255,9 +267,11 @@ test('queueStats adds up every partition and reports the count, as tally queue s
   tally(['queue', 'limit', 'stats', '7'], env());
   partition('stats', 3);
   const producer = new TallyProducer(client);
-  // Round robin from partition 0: high, normal, low, then again.
+  // By id over the partitions in turn: high, normal, low, then again.
   const priorities = ['high', 'normal', 'low', 'normal', 'normal', 'high'] as const;
-  for (const [i, priority] of priorities.entries()) await producer.enqueuePointsCalculation(i + 1, priority);
+  for (const [i, priority] of priorities.entries()) {
+    await producer.enqueuePointsCalculation(i + 1, priority, { id: idIn(i % 3, 3, `points-${i}`) });
+  }
   await producer.enqueuePointsCalculation(50, 'normal', { delayMs: 60_000 });
   await producer.enqueuePointsCalculation(51, 'normal', { delayMs: 60_000 });
   // The oldest ready job waits in a partition other than 0.

@@ -99,7 +99,8 @@ impl QueueStats {
 #[serde(rename_all = "camelCase")]
 pub struct QueueControl {
     /// No worker claims while paused; producers still enqueue and running
-    /// jobs finish.
+    /// jobs finish. A partitioned queue is paused when every partition is
+    /// (a pause that failed half way shows as not paused: pause again).
     pub paused: bool,
     /// Most jobs in flight (running or claimed ahead) across every worker
     /// process; `None` for no limit.
@@ -128,16 +129,28 @@ pub struct DeadJob {
     pub envelope: Option<String>,
 }
 
-/// The controls of a queue from those of its partitions: paused when any is
+/// The controls of a queue from those of its partitions: paused when every one is
 /// (a pause is written to all), limited by the sum of the shares.
 fn combine_controls(parts: impl Iterator<Item = QueueControl>) -> QueueControl {
-    parts.fold(QueueControl::default(), |total, part| QueueControl {
-        paused: total.paused || part.paused,
-        limit: match (total.limit, part.limit) {
-            (None, None) => None,
-            (a, b) => Some(a.unwrap_or(0) + b.unwrap_or(0)),
+    let mut parts = parts.peekable();
+    let any = parts.peek().is_some();
+    let combined = parts.fold(
+        QueueControl {
+            paused: true,
+            limit: None,
         },
-    })
+        |total, part| QueueControl {
+            paused: total.paused && part.paused,
+            limit: match (total.limit, part.limit) {
+                (None, None) => None,
+                (a, b) => Some(a.unwrap_or(0) + b.unwrap_or(0)),
+            },
+        },
+    );
+    QueueControl {
+        paused: any && combined.paused,
+        ..combined
+    }
 }
 
 /// The controls from the fields of a `control` hash.
@@ -193,6 +206,14 @@ impl QueueAdmin {
     /// The client this admin uses.
     pub fn client(&self) -> &QueueClient {
         &self.client
+    }
+
+    /// The keys of every partition of `queue`, the count read from Redis
+    /// now (for writes that must reach every partition).
+    async fn fresh_partition_keys(&self, queue: &str) -> Result<Vec<QueueKeys>, QueueError> {
+        check_queue_name(queue)?;
+        let count = self.client.fresh_partitions(queue).await?;
+        Ok(self.client.partition_keys(queue, count))
     }
 
     /// The keys of every partition of `queue`, in order.
@@ -311,6 +332,11 @@ impl QueueAdmin {
     /// partitioned queue, its limit is the sum of the partitions' shares.
     pub async fn control(&self, queue: &str) -> Result<QueueControl, QueueError> {
         let keys = self.partition_keys(queue).await?;
+        self.control_of(&keys).await
+    }
+
+    /// The controls over the partitions `keys` (paused when every one is).
+    pub(crate) async fn control_of(&self, keys: &[QueueKeys]) -> Result<QueueControl, QueueError> {
         let parts = futures::future::try_join_all(keys.iter().map(|k| async move {
             let mut conn = self.client.conn();
             let fields: HashMap<String, String> = conn.hgetall(k.control()).await?;
@@ -325,20 +351,22 @@ impl QueueAdmin {
     /// Stored in Redis, so it outlasts worker and Redis restarts (with
     /// persistence). Returns the controls now in force.
     pub async fn pause(&self, queue: &str) -> Result<QueueControl, QueueError> {
-        for keys in self.partition_keys(queue).await? {
+        let keys = self.fresh_partition_keys(queue).await?;
+        for keys in &keys {
             let mut conn = self.client.conn();
             let () = conn.hset(keys.control(), "paused", "1").await?;
         }
-        self.control(queue).await
+        self.control_of(&keys).await
     }
 
     /// Resumes a paused `queue` (workers notice within `throttle_poll`).
     pub async fn resume(&self, queue: &str) -> Result<QueueControl, QueueError> {
-        for keys in self.partition_keys(queue).await? {
+        let keys = self.fresh_partition_keys(queue).await?;
+        for keys in &keys {
             let mut conn = self.client.conn();
             let () = conn.hdel(keys.control(), "paused").await?;
         }
-        self.control(queue).await
+        self.control_of(&keys).await
     }
 
     /// Sets the most jobs of `queue` in flight across every worker process
@@ -348,7 +376,7 @@ impl QueueAdmin {
     /// limit is split between its partitions (each enforces its share), so
     /// it must be at least the partition count.
     pub async fn set_limit(&self, queue: &str, limit: Option<u64>) -> Result<QueueControl, QueueError> {
-        let keys = self.partition_keys(queue).await?;
+        let keys = self.fresh_partition_keys(queue).await?;
         let mut conn = self.client.conn();
         match limit {
             Some(n) if n < keys.len() as u64 => {
@@ -370,7 +398,7 @@ impl QueueAdmin {
                 }
             }
         }
-        self.control(queue).await
+        self.control_of(&keys).await
     }
 
     /// Length of one ready list (what KEDA reads).
@@ -600,16 +628,23 @@ impl QueueAdmin {
         Ok(handled)
     }
 
-    /// Deletes every key of `queue` (jobs, counters, dead set; of every
-    /// partition, and the partition count with them). There are no per-job
-    /// keys, so this is a `DEL` of a fixed list per partition.
+    /// Deletes every key of `queue` (jobs, counters, dead set, pause and
+    /// limit; of every partition). The partition count stays: producers and
+    /// workers that read it before keep routing to and serving every
+    /// partition, and a count never shrinks. There are no per-job keys, so
+    /// this is a `DEL` of a fixed list per partition.
     pub async fn obliterate(&self, queue: &str) -> Result<(), QueueError> {
-        for keys in self.partition_keys(queue).await?.iter().rev() {
+        let count = self.client.fresh_partitions(queue).await?;
+        for keys in self.client.partition_keys(queue, count).iter().rev() {
             let mut conn = self.client.conn();
             let workers: Vec<String> = conn.smembers(keys.workers()).await?;
             let mut doomed = keys.all();
             doomed.extend(workers.iter().map(|id| keys.worker(id)));
             let _: u64 = conn.del(doomed).await?;
+        }
+        if count > 1 {
+            let control = QueueKeys::partition(&self.client.config().prefix, queue, 0).control();
+            scripts::raise_partitions(&self.client, &control, count).await?;
         }
         self.client.fresh_partitions(queue).await?;
         Ok(())

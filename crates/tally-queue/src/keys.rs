@@ -185,6 +185,13 @@ impl QueueKeys {
         self.part("reaper")
     }
 
+    /// Short-lived lock (`SET NX PX`, on partition 0) held while the
+    /// partition count changes, so that two callers do not split the
+    /// controls over different counts at once.
+    pub fn partitioning_lock(&self) -> String {
+        self.part("partitioning")
+    }
+
     /// Pub/sub channel on which scripts announce a due time earlier than any
     /// scheduled so far, so sleeping promoters wake early.
     pub fn due_channel(&self) -> String {
@@ -212,6 +219,7 @@ impl QueueKeys {
             self.control(),
             self.workers(),
             self.reaper_lock(),
+            self.partitioning_lock(),
         ]);
         keys
     }

@@ -11,9 +11,12 @@
 //!   ([`QueueAdmin::set_partitions`]): a job routed to a partition must
 //!   always have workers.
 //! - **Producers** route a job with a dedup key to
-//!   [`partition_for_key`] (so a second enqueue with that key meets the
-//!   waiting one and coalesces), and any other job round robin. They read
-//!   the count at most every `QueueConfig::partition_refresh`.
+//!   [`partition_for_key`] of the key (so a second enqueue with that key
+//!   meets the waiting one and coalesces), and any other job to
+//!   [`partition_for_key`] of its id (so a job sent again with the same id,
+//!   as the outbox relay does after a lost reply, meets its first copy and
+//!   is not enqueued twice). They read the count at most every
+//!   `QueueConfig::partition_refresh`.
 //! - **Workers** run one lane per partition (`worker/runtime.rs`), each with
 //!   its share of the worker's concurrency, its own leases, heartbeats,
 //!   promoter and reaper. A worker notices a new count within
@@ -25,17 +28,20 @@
 //!   list the partitions in order.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, PoisonError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use redis::AsyncCommands as _;
 
 use crate::config::check_queue_name;
-use crate::{QueueAdmin, QueueClient, QueueError, QueueKeys};
+use crate::{QueueAdmin, QueueClient, QueueControl, QueueError, QueueKeys, scripts};
 
 /// Most partitions a queue may have.
 pub const MAX_PARTITIONS: u32 = 64;
+
+/// How long the partitioning lock lives unless released (a change of the
+/// count takes a few round trips).
+const PARTITIONING_LOCK: Duration = Duration::from_secs(10);
 
 /// The field of partition 0's `control` hash that holds the count.
 const COUNT_FIELD: &str = "partitions";
@@ -64,8 +70,6 @@ pub(crate) fn limit_shares(limit: u64, partitions: u32) -> Vec<u64> {
 #[derive(Debug, Default)]
 pub(crate) struct PartitionCache {
     counts: Mutex<HashMap<String, (u32, Instant)>>,
-    /// Round-robin position for jobs without a dedup key.
-    next: AtomicU32,
 }
 
 fn parse_count(queue: &str, raw: Option<String>) -> Result<u32, QueueError> {
@@ -129,28 +133,30 @@ impl QueueClient {
         let count = self.partitions(queue).await?;
         Ok(self.partition_keys(queue, count))
     }
+}
 
-    /// The partition for a job: by its dedup key, else round robin.
-    pub(crate) fn route(&self, dedup_key: Option<&str>, partitions: u32) -> u32 {
-        if partitions <= 1 {
-            return 0;
-        }
-        match dedup_key {
-            Some(key) => partition_for_key(key, partitions),
-            None => self.partition_cache().next.fetch_add(1, Ordering::Relaxed) % partitions,
-        }
-    }
+/// The partition for a job: by its dedup key, else by its id. Both are
+/// deterministic, so sending a job again (same key, or same id) reaches the
+/// partition that holds its first copy.
+pub(crate) fn route(dedup_key: Option<&str>, id: &str, partitions: u32) -> u32 {
+    partition_for_key(dedup_key.unwrap_or(id), partitions)
 }
 
 impl QueueAdmin {
     /// Grows `queue` to `count` partitions (1 to [`MAX_PARTITIONS`]) and
     /// returns the count now in force. A count can grow, never shrink: jobs
     /// already routed to a partition above a smaller count would wait
-    /// forever. The new partitions get the queue's pause, the limit is split
-    /// again over all of them (so it must be at least `count`), and only
-    /// then is the count written, so no worker serves a partition without
-    /// its controls. Producers route to the new partitions, and workers
-    /// serve them, within `QueueConfig::partition_refresh`.
+    /// forever.
+    ///
+    /// Under a short lock (a second caller waits for the first), in order:
+    /// the new partitions get the queue's pause and every partition its
+    /// share of the limit (split over `count`, so the limit must be at
+    /// least `count`); then one script raises the count, never lowering it.
+    /// A call that fails half way may leave the limit's shares split over
+    /// the larger count (a lower limit, never a higher one): call it again. Producers
+    /// route to the new partitions, and workers serve them, within
+    /// `QueueConfig::partition_refresh`. A count field holding something
+    /// that is not a count (written by hand) is replaced.
     pub async fn set_partitions(&self, queue: &str, count: u32) -> Result<u32, QueueError> {
         check_queue_name(queue)?;
         if !(1..=MAX_PARTITIONS).contains(&count) {
@@ -158,17 +164,31 @@ impl QueueAdmin {
                 "a queue has 1 to {MAX_PARTITIONS} partitions, not {count}"
             )));
         }
-        let current = self.client.fresh_partitions(queue).await?;
+        let keys0 = QueueKeys::partition(&self.client.config().prefix, queue, 0);
+        let token = self.lock_partitioning(queue, &keys0).await?;
+        let result = self.change_partitions(queue, &keys0, count).await;
+        self.unlock_partitioning(&keys0, &token).await;
+        result
+    }
+
+    /// [`QueueAdmin::set_partitions`] under the partitioning lock.
+    async fn change_partitions(&self, queue: &str, keys0: &QueueKeys, count: u32) -> Result<u32, QueueError> {
+        let current = match self.client.fresh_partitions(queue).await {
+            Ok(current) => current,
+            // Unreadable: nothing routes by it; partition 0 holds the controls.
+            Err(QueueError::Protocol(reason)) => {
+                tracing::warn!(queue, %reason, "replacing an invalid partition count");
+                1
+            }
+            Err(err) => return Err(err),
+        };
         if count < current {
-            return Err(QueueError::InvalidArgument(format!(
-                "queue {queue:?} has {current} partitions; partitions can be added, not removed \
-                 (jobs routed to the partitions above {count} would never be claimed)"
-            )));
+            return Err(shrink_refused(queue, current, count));
         }
         if count == current {
             return Ok(current);
         }
-        let control = self.control(queue).await?;
+        let control = self.control_of(&self.client.partition_keys(queue, current)).await?;
         if let Some(limit) = control.limit
             && limit < u64::from(count)
         {
@@ -177,21 +197,84 @@ impl QueueAdmin {
                  (each partition needs a share of at least one): raise or remove the limit first"
             )));
         }
-        let keys = self.client.partition_keys(queue, count);
+        self.write_controls(queue, &control, current, count).await?;
+        let (before, now) = scripts::raise_partitions(&self.client, &keys0.control(), count).await?;
+        if now != count {
+            // Raised past `count` meanwhile by a caller that took no lock
+            // (an older client, or by hand): split the controls over its count.
+            self.write_controls(queue, &control, current, now).await?;
+        }
+        self.client.fresh_partitions(queue).await?;
+        if before.is_some_and(|before| before > count) {
+            return Err(shrink_refused(queue, now, count));
+        }
+        Ok(now)
+    }
+
+    /// Takes the partitioning lock of `queue`, waiting (at most the lock's
+    /// lifetime and a little) while another caller holds it.
+    async fn lock_partitioning(&self, queue: &str, keys0: &QueueKeys) -> Result<String, QueueError> {
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        let deadline = Instant::now() + PARTITIONING_LOCK + PARTITIONING_LOCK / 5;
         let mut conn = self.client.conn();
-        for partition in &keys[current as usize..] {
-            if control.paused {
+        loop {
+            let taken: Option<String> = redis::cmd("SET")
+                .arg(keys0.partitioning_lock())
+                .arg(&token)
+                .arg("NX")
+                .arg("PX")
+                .arg(PARTITIONING_LOCK.as_millis() as u64)
+                .query_async(&mut conn)
+                .await?;
+            if taken.is_some() {
+                return Ok(token);
+            }
+            if Instant::now() > deadline {
+                return Err(QueueError::InvalidArgument(format!(
+                    "another caller is changing the partition count of queue {queue:?} \
+                     (lock {} held): try again",
+                    keys0.partitioning_lock()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Releases the lock if it is still ours (it may have expired and been
+    /// taken by another caller); a failure only leaves it to expire.
+    async fn unlock_partitioning(&self, keys0: &QueueKeys, token: &str) {
+        let mut conn = self.client.conn();
+        let holder: Result<Option<String>, _> = conn.get(keys0.partitioning_lock()).await;
+        if matches!(holder, Ok(Some(ref t)) if t == token) {
+            let _: Result<u64, _> = conn.del(keys0.partitioning_lock()).await;
+        }
+    }
+
+    /// Writes `control` (as read over the first `from` partitions) to a
+    /// queue of `to` partitions: the pause on the partitions from `from` on,
+    /// the limit's shares on all of them.
+    async fn write_controls(&self, queue: &str, control: &QueueControl, from: u32, to: u32) -> Result<(), QueueError> {
+        let keys = self.client.partition_keys(queue, to);
+        let mut conn = self.client.conn();
+        if control.paused {
+            for partition in keys.iter().skip(from as usize) {
                 let () = conn.hset(partition.control(), "paused", "1").await?;
             }
         }
         if let Some(limit) = control.limit {
-            for (partition, share) in keys.iter().zip(limit_shares(limit, count)) {
+            for (partition, share) in keys.iter().zip(limit_shares(limit, to)) {
                 let () = conn.hset(partition.control(), "limit", share).await?;
             }
         }
-        let () = conn.hset(keys[0].control(), COUNT_FIELD, count).await?;
-        self.client.fresh_partitions(queue).await
+        Ok(())
     }
+}
+
+fn shrink_refused(queue: &str, current: u32, count: u32) -> QueueError {
+    QueueError::InvalidArgument(format!(
+        "queue {queue:?} has {current} partitions; partitions can be added, not removed \
+         (jobs routed to the partitions above {count} would never be claimed)"
+    ))
 }
 
 #[cfg(test)]

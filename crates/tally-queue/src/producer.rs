@@ -161,13 +161,14 @@ impl Producer {
             )));
         }
         // A partitioned queue gets each job on the partition its dedup key
-        // hashes to (so coalescing still meets the waiting job), the rest
-        // round robin; one queue has one partition and this is a no-op.
+        // hashes to (so coalescing still meets the waiting job), the rest on
+        // the one their id hashes to (so a job sent again meets its first
+        // copy); one queue has one partition and this is a no-op.
         let partitions = self.client.partitions(queue).await?;
         let keys = self.client.partition_keys(queue, partitions);
         let mut routed: Vec<Vec<usize>> = vec![Vec::new(); keys.len()];
         for (i, (envelope, _)) in envelopes.iter().enumerate() {
-            routed[self.client.route(envelope.dedup_key.as_deref(), partitions) as usize].push(i);
+            routed[crate::partitions::route(envelope.dedup_key.as_deref(), &envelope.id, partitions) as usize].push(i);
         }
         let chunks: Vec<(&crate::QueueKeys, &[usize])> = routed
             .iter()

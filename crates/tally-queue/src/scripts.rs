@@ -44,6 +44,7 @@ script!(PROMOTE_DUE, "promote_due.lua");
 script!(REAP_EXPIRED, "reap_expired.lua");
 script!(RETRY_DEAD, "retry_dead.lua");
 script!(PURGE_DEAD, "purge_dead.lua");
+script!(RAISE_PARTITIONS, "raise_partitions.lua");
 
 // ---- enqueue_jobs.lua -------------------------------------------------------
 
@@ -414,4 +415,22 @@ pub(crate) async fn purge_dead(client: &QueueClient, keys: &QueueKeys, args: &[S
         .arg(args);
     let mut conn = client.conn();
     Ok(invocation.invoke_async(&mut conn).await?)
+}
+
+// ---- raise_partitions.lua ---------------------------------------------------
+
+/// Raises the partition count kept in `control` (partition 0's) to `count`
+/// unless it is already higher. Replies `(before, now)`; `before` is `None`
+/// when the field held something that is not a count.
+pub(crate) async fn raise_partitions(
+    client: &QueueClient,
+    control: &str,
+    count: u32,
+) -> Result<(Option<u32>, u32), QueueError> {
+    let mut invocation = RAISE_PARTITIONS.key(control);
+    invocation.arg(count);
+    let mut conn = client.conn();
+    let (before, now): (i64, i64) = invocation.invoke_async(&mut conn).await?;
+    let now = u32::try_from(now).map_err(|_| QueueError::Protocol(format!("partition count {now} from Redis")))?;
+    Ok((u32::try_from(before).ok(), now))
 }

@@ -424,9 +424,11 @@ async fn a_partitioned_queue_spreads_over_the_masters_and_loses_nothing_when_one
         assert_eq!(replicas, 1);
     }
     assert_eq!(held.values().sum::<u64>(), TOTAL);
+    // Jobs go to the partition their id hashes to: a third each, so a
+    // master with two of the three partitions holds about two thirds.
     let busiest = *held.values().max().expect("a master");
     assert!(
-        busiest * 100 <= TOTAL * 67,
+        busiest * 100 <= TOTAL * 75,
         "one master holds {busiest} of {TOTAL} jobs: {held:?}"
     );
 

@@ -14,7 +14,7 @@ use common::{Echo, QUEUE, eventually, fast_config};
 use redis::AsyncCommands as _;
 use tally_jobs::Priority;
 use tally_queue::{
-    JobContext, JobError, JobState, Producer, QueueAdmin, QueueClient, QueueConfig, QueueKeys, Worker,
+    EnqueueOptions, JobContext, JobError, JobState, Producer, QueueAdmin, QueueClient, QueueConfig, QueueKeys, Worker,
     partition_for_key,
 };
 
@@ -71,8 +71,10 @@ async fn jobs_spread_over_the_partitions_and_each_runs_once_despite_a_killed_wor
     let producer = Producer::new(client.clone());
     let jobs: Vec<Echo> = (0..600).map(Echo::new).collect();
     producer.enqueue_batch(&jobs).await.expect("enqueue");
-    // Round robin: an even spread.
-    assert_eq!(ready_per_partition(&redis.url, &client, 3).await, vec![200, 200, 200]);
+    // Routed by a hash of each (random) id: about a third each.
+    let spread = ready_per_partition(&redis.url, &client, 3).await;
+    assert_eq!(spread.iter().sum::<u64>(), 600);
+    assert!(spread.iter().all(|&n| (140..=260).contains(&n)), "{spread:?}");
     let stats = admin.stats(QUEUE).await.expect("stats");
     assert_eq!((stats.ready, stats.partitions, stats.counters.enqueued), (600, 3, 600));
 
@@ -107,10 +109,10 @@ async fn jobs_spread_over_the_partitions_and_each_runs_once_despite_a_killed_wor
     assert!(stats.counters.recovered >= 6, "{stats:?}");
     // Every partition did its share.
     let mut conn = common::raw_connection(&redis.url).await;
-    for p in 0..3 {
+    for (p, enqueued) in (0..3).zip(spread) {
         let keys = QueueKeys::partition(&client.config().prefix, QUEUE, p);
         let completed: u64 = conn.hget(keys.stats(), "completed").await.expect("hget");
-        assert_eq!(completed, 200, "partition {p}");
+        assert_eq!(completed, enqueued, "partition {p}");
     }
 }
 
@@ -156,6 +158,122 @@ async fn a_dedup_key_always_lands_on_its_partition_and_coalesces_there() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_sent_again_with_its_id_meets_its_first_copy() {
+    // The outbox relay and the repairing safety net send a job again under
+    // the same id when they cannot tell whether the first send landed: on a
+    // partitioned queue the second send must reach the same partition.
+    let (_redis, client) = client().await;
+    let admin = QueueAdmin::new(client.clone());
+    admin.set_partitions(QUEUE, 4).await.expect("partition");
+    let producer = Producer::new(client.clone());
+    for n in 0..40 {
+        let options = || EnqueueOptions {
+            id: Some(format!("outbox-{n}")),
+            ..EnqueueOptions::default()
+        };
+        let first = producer.enqueue_with(&Echo::new(n), options()).await.expect("enqueue");
+        let again = producer.enqueue_with(&Echo::new(n), options()).await.expect("again");
+        assert_eq!((first.deduplicated, again.deduplicated), (false, true), "job {n}");
+        assert_eq!(again.id, first.id);
+        let detail = admin.job(QUEUE, &first.id).await.expect("job").expect("found");
+        assert_eq!(detail.summary.partition, partition_for_key(&first.id, 4), "job {n}");
+    }
+    let stats = admin.stats(QUEUE).await.expect("stats");
+    assert_eq!((stats.ready, stats.counters.enqueued), (40, 40), "{stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_partitions_do_not_interrupt_running_jobs() {
+    let (_redis, client) = client().await;
+    let admin = QueueAdmin::new(client.clone());
+    let runs: Runs = Arc::default();
+    // A drain timeout far below the handlers' time: a worker that drained
+    // its lanes to start new ones would cut these jobs off.
+    let worker = Worker::builder(client.clone(), QUEUE)
+        .concurrency(4)
+        .drain_timeout(Duration::from_millis(100))
+        .handle({
+            let runs = runs.clone();
+            move |job: Echo, ctx: JobContext| {
+                let runs = runs.clone();
+                async move {
+                    tokio::time::sleep(Duration::from_millis(1500)).await;
+                    runs.lock().expect("lock").push((job.n, ctx.id.clone()));
+                    Ok::<(), JobError>(())
+                }
+            }
+        })
+        .build()
+        .expect("build");
+    let worker = common::spawn(worker);
+    let producer = Producer::new(client.clone());
+    producer
+        .enqueue_batch(&(0..4).map(Echo::new).collect::<Vec<_>>())
+        .await
+        .expect("enqueue");
+    eventually("four jobs running", Duration::from_secs(10), || async {
+        admin.stats(QUEUE).await.expect("stats").in_flight == 4
+    })
+    .await;
+    admin.set_partitions(QUEUE, 2).await.expect("grow");
+    producer
+        .enqueue_batch(&(4..12).map(Echo::new).collect::<Vec<_>>())
+        .await
+        .expect("enqueue");
+    eventually("every job done", Duration::from_secs(20), || async {
+        admin.stats(QUEUE).await.expect("stats").counters.completed == 12
+    })
+    .await;
+    let report = worker.stop().await;
+    assert_eq!((report.completed, report.requeued), (12, 0), "{report:?}");
+    let runs = runs.lock().expect("lock").clone();
+    assert_eq!(runs.len(), 12, "each job ran once: {runs:?}");
+    let stats = admin.stats(QUEUE).await.expect("stats");
+    assert_eq!((stats.counters.recovered, stats.partitions), (0, 2), "{stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_raising_the_count_at_once_end_with_the_highest_and_the_whole_limit() {
+    let (redis, client) = client().await;
+    let mut conn = common::raw_connection(&redis.url).await;
+    for round in 0..15 {
+        let queue = format!("race{round}");
+        let admin = QueueAdmin::new(client.clone());
+        admin.set_limit(&queue, Some(12)).await.expect("limit");
+        // Separate clients, as two operators' processes would be.
+        let (a, b) = (client.clone(), client.clone());
+        let (qa, qb) = (queue.clone(), queue.clone());
+        let (ra, rb) = tokio::join!(
+            async move { QueueAdmin::new(a).set_partitions(&qa, 3).await },
+            async move { QueueAdmin::new(b).set_partitions(&qb, 5).await },
+        );
+        assert_eq!(rb.expect("to five"), 5, "round {round}");
+        // The lower call either went first or was refused naming the count.
+        if let Err(err) = ra {
+            assert!(err.to_string().contains("has 5 partitions"), "round {round}: {err}");
+        }
+        let shares: Vec<Option<u64>> = {
+            let mut shares = Vec::new();
+            for p in 0..5 {
+                let keys = QueueKeys::partition(&client.config().prefix, &queue, p);
+                shares.push(conn.hget(keys.control(), "limit").await.expect("hget"));
+            }
+            shares
+        };
+        assert_eq!(
+            shares,
+            vec![Some(3), Some(3), Some(2), Some(2), Some(2)],
+            "round {round}"
+        );
+        let control = QueueKeys::partition(&client.config().prefix, &queue, 0).control();
+        let count: u32 = conn.hget(control, "partitions").await.expect("hget");
+        assert_eq!(count, 5, "round {round}");
+        let control = admin.control(&queue).await.expect("control");
+        assert_eq!(control.limit, Some(12), "round {round}: the shares add up to the limit");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partitions_grow_under_running_workers_and_never_shrink() {
     let (redis, client) = client().await;
     let admin = QueueAdmin::new(client.clone());
@@ -187,9 +305,17 @@ async fn partitions_grow_under_running_workers_and_never_shrink() {
         runs.lock().expect("lock").len() == 40
     })
     .await;
-    let workers = admin.workers(QUEUE).await.expect("workers");
-    assert_eq!(workers.len(), 1, "{workers:?}");
-    assert_eq!(workers[0].concurrency, 4, "the lanes' slots add up: {workers:?}");
+    // The first lane gave up slots to the new ones; its registry entry
+    // says so at its next beat.
+    eventually(
+        "the lanes' slots add up to the worker's",
+        Duration::from_secs(5),
+        || async {
+            let workers = admin.workers(QUEUE).await.expect("workers");
+            workers.len() == 1 && workers[0].concurrency == 4
+        },
+    )
+    .await;
     let report = worker.stop().await;
     assert_eq!(report.completed, 40, "{report:?}");
 
@@ -199,11 +325,21 @@ async fn partitions_grow_under_running_workers_and_never_shrink() {
     }
     assert_eq!(client.partitions(QUEUE).await.expect("count"), 3);
     assert_eq!(admin.set_partitions(QUEUE, 3).await.expect("same count"), 3);
+
+    // A count written by hand that is not a count stops workers from
+    // starting (they say why); setting a count replaces it.
+    let mut conn = common::raw_connection(&redis.url).await;
+    let control = QueueKeys::partition(&client.config().prefix, QUEUE, 0).control();
+    let () = conn.hset(&control, "partitions", "banana").await.expect("hset");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let err = admin.stats(QUEUE).await.expect_err("invalid").to_string();
+    assert!(err.contains("banana"), "{err}");
+    assert_eq!(admin.set_partitions(QUEUE, 4).await.expect("replaced"), 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn controls_hold_on_every_partition_and_the_views_add_them_up() {
-    let (_redis, client) = client().await;
+    let (redis, client) = client().await;
     let admin = QueueAdmin::new(client.clone());
     admin.pause(QUEUE).await.expect("pause");
     // A limit below the new count would leave a partition without a share.
@@ -275,8 +411,21 @@ async fn controls_hold_on_every_partition_and_the_views_add_them_up() {
     assert_eq!((stats.ready, stats.counters.completed, stats.limit), (25, 30, Some(7)));
     assert_eq!(admin.ready_len(QUEUE, Priority::Normal).await.expect("len"), 25);
     admin.obliterate(QUEUE).await.expect("obliterate");
-    assert_eq!(client.partitions(QUEUE).await.expect("count"), 1);
-    assert_eq!(admin.stats(QUEUE).await.expect("stats").ready, 0);
+    // The count stays: producers and workers that read it still route to
+    // and serve every partition.
+    assert_eq!(client.partitions(QUEUE).await.expect("count"), 3);
+    let stats = admin.stats(QUEUE).await.expect("stats");
+    assert_eq!(
+        (stats.ready, stats.counters.enqueued, stats.limit, stats.paused),
+        (0, 0, None, false)
+    );
+    // A pause that reached only some partitions (a call cut off half way)
+    // does not show as a paused queue.
+    let mut conn = common::raw_connection(&redis.url).await;
+    let one = QueueKeys::partition(&client.config().prefix, QUEUE, 1);
+    let () = conn.hset(one.control(), "paused", "1").await.expect("hset");
+    assert!(!admin.control(QUEUE).await.expect("control").paused);
+    assert!(admin.pause(QUEUE).await.expect("pause").paused);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

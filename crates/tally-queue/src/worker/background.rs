@@ -123,10 +123,10 @@ pub(super) async fn run_heartbeat(shared: Arc<Shared>, leases: LeaseTable, stop:
 /// `registry.rs`) every heartbeat period, with how many jobs it holds;
 /// removes it when the worker stops. A failed write is only logged: the
 /// registry is for operators, never a reason to stop working.
-pub(super) async fn run_registry(shared: Arc<Shared>, leases: LeaseTable, concurrency: usize, stop: CancellationToken) {
+pub(super) async fn run_registry(shared: Arc<Shared>, leases: LeaseTable, stop: CancellationToken) {
     let config = shared.client.config().clone();
     let ttl = registry::ttl(config.lease, config.heartbeat_interval());
-    let mut info = registry::starting(&shared.worker_id, &shared.queue, concurrency);
+    let mut info = registry::starting(&shared.worker_id, &shared.queue, shared.slots());
     let mut tick = tokio::time::interval(config.heartbeat_interval());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -135,6 +135,7 @@ pub(super) async fn run_registry(shared: Arc<Shared>, leases: LeaseTable, concur
             _ = tick.tick() => {}
         }
         info.in_flight = u32::try_from(leases.lock().unwrap_or_else(PoisonError::into_inner).len()).unwrap_or(u32::MAX);
+        info.concurrency = u32::try_from(shared.slots()).unwrap_or(u32::MAX);
         info.heartbeat_at_ms = now_ms();
         if let Err(err) = registry::beat(&shared.client, &shared.keys, &info, ttl).await {
             debug!(queue = %shared.queue, error = %err, "worker registry heartbeat failed");

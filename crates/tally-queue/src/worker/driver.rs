@@ -34,7 +34,6 @@ pub(super) type ClaimFuture = Pin<Box<dyn Future<Output = ClaimDone> + Send>>;
 pub(super) struct Driver {
     pub(super) shared: Arc<Shared>,
     pub(super) handlers: HashMap<&'static str, Arc<dyn ErasedHandler>>,
-    pub(super) concurrency: usize,
     pub(super) job_timeout: Option<Duration>,
     pub(super) drain_timeout: Duration,
     /// Running attempts.
@@ -83,6 +82,12 @@ impl Ewma {
 }
 
 impl Driver {
+    /// This lane's slots now (a share that shrinks when the queue gains
+    /// partitions: running attempts above it finish, no new one starts).
+    fn concurrency(&self) -> usize {
+        self.shared.slots()
+    }
+
     /// The claim loop; returns the claims still in flight at shutdown.
     pub(super) async fn run(
         &mut self,
@@ -111,7 +116,7 @@ impl Driver {
         let mut next_request = 0_u64;
         let mut retry_request: Option<u64> = None;
         loop {
-            let free = self.concurrency.saturating_sub(self.by_task.len());
+            let free = self.concurrency().saturating_sub(self.by_task.len());
             let ahead = if more { self.claim_ahead() } else { 0 };
             let pending = self.starting.len() + self.buffer.len() + asked_in_flight;
             let want = (free + ahead).saturating_sub(pending).min(MAX_CLAIM_BATCH);
@@ -126,7 +131,8 @@ impl Driver {
             // wait until a call can carry a worthwhile batch (half of what
             // is claimed ahead), so that fast handlers cost few calls each.
             // A free slot with nothing to start never waits.
-            let starving = self.by_task.len() < self.concurrency && self.starting.is_empty() && self.buffer.is_empty();
+            let starving =
+                self.by_task.len() < self.concurrency() && self.starting.is_empty() && self.buffer.is_empty();
             let worthwhile = want >= (ahead / 2).max(1) || starving;
             if retry_at.is_none()
                 && ((want > 0 && worthwhile) || retrying)
@@ -254,9 +260,13 @@ impl Driver {
     /// waits a round trip for its next job. Zero when handlers are slow
     /// compared with a round trip (a claimed job must not sit behind a long
     /// handler while another worker idles), at most `MAX_AHEAD_FACTOR`
-    /// times the worker's whole concurrency (`ahead_of`: a lane of a
-    /// partitioned queue has a share of the slots, but claims in batches as
-    /// big as the worker's, so a partition costs no more calls per job).
+    /// times the worker's whole concurrency (`ahead_of`). A lane of a
+    /// partitioned queue has a share of the slots but may claim ahead as
+    /// much as a whole worker, so that its calls carry batches about as big
+    /// as an unpartitioned worker's: a worker with K lanes may hold up to
+    /// K × `MAX_AHEAD_FACTOR` × its concurrency jobs claimed ahead, which
+    /// happens only while handlers are much faster than a round trip (those
+    /// jobs are gone within a round trip or so).
     fn claim_ahead(&self) -> usize {
         if !self.prefetch {
             return 0;
@@ -264,7 +274,7 @@ impl Driver {
         let (Some(rtt), Some(handler)) = (self.rtt_us.0, self.handler_us.0) else {
             return 0;
         };
-        let ahead = (self.concurrency as f64 * rtt / handler.max(1.0)).floor();
+        let ahead = (self.concurrency() as f64 * rtt / handler.max(1.0)).floor();
         (ahead as usize).min(self.ahead_of * MAX_AHEAD_FACTOR)
     }
 
@@ -286,7 +296,7 @@ impl Driver {
     /// Starts buffered jobs while slots are free, the ones Redis was told
     /// start at once first.
     fn fill_slots(&mut self) {
-        while self.by_task.len() < self.concurrency {
+        while self.by_task.len() < self.concurrency() {
             let Some((job, cancel)) = self.starting.pop_front().or_else(|| self.buffer.pop_front()) else {
                 break;
             };

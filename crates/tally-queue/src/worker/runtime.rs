@@ -17,10 +17,12 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures::StreamExt as _;
+use futures::stream::FuturesUnordered;
 use tally_jobs::JobPolicy;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
@@ -70,6 +72,16 @@ pub(crate) struct Shared {
     pub(super) counters: Counters,
     /// This worker process's id (its claim record in Redis).
     pub(super) worker_id: String,
+    /// This lane's slots: its share of the worker's concurrency, which
+    /// shrinks when the queue gains partitions.
+    pub(super) slots: Arc<AtomicUsize>,
+}
+
+impl Shared {
+    /// This lane's slots now.
+    pub(super) fn slots(&self) -> usize {
+        self.slots.load(Ordering::Relaxed)
+    }
 }
 
 /// Held and running attempts by (job id, fencing token), for the heartbeat.
@@ -122,7 +134,7 @@ impl Worker {
     ///
     /// A partitioned queue gets one lane per partition, each with its share
     /// of the concurrency (at least one slot); when the queue gains
-    /// partitions the lanes drain and start again, one per partition.
+    /// partitions, lanes start for the new ones while the others go on.
     ///
     /// Redis errors never end the run: the worker logs them, backs off with
     /// jitter and carries on when Redis is back.
@@ -140,42 +152,67 @@ impl Worker {
         }
     }
 
-    /// Reads the partition count, runs a lane for each until `stop` or until
-    /// the count changes, and again with the new count.
+    /// Reads the partition count and runs a lane for each until `stop`.
+    /// When the queue gains partitions, lanes start for the new ones and the
+    /// running lanes give up slots as their handlers finish (their shares
+    /// shrink): nothing is drained or cancelled. A count that went down
+    /// (written by hand, or a queue deleted and made again) keeps every
+    /// lane: jobs may still wait in the higher partitions.
     async fn run_lanes(&self, stop: CancellationToken) -> Result<WorkerReport, QueueError> {
         let worker_id = uuid::Uuid::new_v4().simple().to_string();
         let mut report = WorkerReport::default();
         let Some(mut partitions) = self.partition_count(&stop).await else {
             return Ok(report);
         };
+        let mut shares: Vec<Arc<AtomicUsize>> = Vec::new();
+        let mut lanes = FuturesUnordered::new();
+        let mut watch = std::pin::pin!(self.next_count(&stop));
         loop {
-            if partitions as usize > self.concurrency {
-                warn!(
-                    queue = %self.queue,
-                    partitions,
-                    concurrency = self.concurrency,
-                    "the queue has more partitions than this worker has slots: \
-                     running one slot per partition"
-                );
-            }
-            let lanes_stop = stop.child_token();
-            let lanes = self
-                .client
-                .partition_keys(&self.queue, partitions)
-                .into_iter()
-                .zip(slot_shares(self.concurrency, partitions))
-                .map(|(keys, slots)| self.run_lane(keys, slots, worker_id.clone(), lanes_stop.clone()));
-            let watch = self.watch_partitions(partitions, lanes_stop.clone());
-            let (reports, new_count) = tokio::join!(futures::future::join_all(lanes), watch);
-            for lane in reports {
-                report.add(&lane);
-            }
-            match new_count {
-                Some(count) if !stop.is_cancelled() => {
-                    info!(queue = %self.queue, from = partitions, to = count, "partitions changed; lanes restarted");
-                    partitions = count;
+            if (shares.len() as u32) < partitions {
+                if partitions as usize > self.concurrency {
+                    warn!(
+                        queue = %self.queue,
+                        partitions,
+                        concurrency = self.concurrency,
+                        "the queue has more partitions than this worker has slots: \
+                         running one slot per partition"
+                    );
                 }
-                _ => return Ok(report),
+                let slots = slot_shares(self.concurrency, partitions);
+                for (share, slots) in shares.iter().zip(&slots) {
+                    share.store(*slots, Ordering::Relaxed);
+                }
+                for keys in self
+                    .client
+                    .partition_keys(&self.queue, partitions)
+                    .into_iter()
+                    .skip(shares.len())
+                {
+                    let share = Arc::new(AtomicUsize::new(slots[keys.partition_index() as usize]));
+                    shares.push(share.clone());
+                    lanes.push(self.run_lane(keys, share, worker_id.clone(), stop.clone()));
+                }
+            }
+            tokio::select! {
+                Some(lane) = lanes.next() => {
+                    report.add(&lane);
+                    if lanes.is_empty() {
+                        return Ok(report);
+                    }
+                }
+                count = &mut watch => {
+                    match count {
+                        Some(count) if count > partitions => {
+                            info!(queue = %self.queue, from = partitions, to = count, "partitions added; starting their lanes");
+                            partitions = count;
+                        }
+                        Some(count) if count < partitions => {
+                            warn!(queue = %self.queue, from = partitions, to = count, "the partition count went down; still serving every partition");
+                        }
+                        _ => {}
+                    }
+                    watch.set(self.next_count(&stop));
+                }
             }
         }
     }
@@ -200,23 +237,18 @@ impl Worker {
         }
     }
 
-    /// Reads the count every `partition_refresh` until `stop`; when it
-    /// differs from `current`, stops the lanes and returns it.
-    async fn watch_partitions(&self, current: u32, stop: CancellationToken) -> Option<u32> {
-        let every = self.client.config().partition_refresh;
-        loop {
-            tokio::select! {
-                () = stop.cancelled() => return None,
-                () = tokio::time::sleep(every) => {}
-            }
-            match self.client.fresh_partitions(&self.queue).await {
-                Ok(count) if count != current => {
-                    stop.cancel();
-                    return Some(count);
-                }
-                Ok(_) => {}
-                // Redis away: the lanes are backing off too; ask again later.
-                Err(err) => debug!(queue = %self.queue, error = %err, "reading the partition count failed"),
+    /// The count read after `partition_refresh`; `None` when the read fails
+    /// (the lanes are backing off too) or never, once stopped.
+    async fn next_count(&self, stop: &CancellationToken) -> Option<u32> {
+        tokio::select! {
+            () = stop.cancelled() => std::future::pending().await,
+            () = tokio::time::sleep(self.client.config().partition_refresh) => {}
+        }
+        match self.client.fresh_partitions(&self.queue).await {
+            Ok(count) => Some(count),
+            Err(err) => {
+                debug!(queue = %self.queue, error = %err, "reading the partition count failed");
+                None
             }
         }
     }
@@ -226,7 +258,7 @@ impl Worker {
     async fn run_lane(
         &self,
         keys: QueueKeys,
-        slots: usize,
+        slots: Arc<AtomicUsize>,
         worker_id: String,
         stop: CancellationToken,
     ) -> WorkerReport {
@@ -238,6 +270,7 @@ impl Worker {
             events: self.events.clone(),
             counters: Counters::default(),
             worker_id,
+            slots,
         });
         let background_stop = CancellationToken::new();
         let leases: LeaseTable = Arc::default();
@@ -249,20 +282,15 @@ impl Worker {
             background.spawn(scheduler::run_reaper(shared.clone(), background_stop.clone()));
         }
         background.spawn(run_heartbeat(shared.clone(), leases.clone(), background_stop.clone()));
-        background.spawn(run_registry(
-            shared.clone(),
-            leases.clone(),
-            slots,
-            background_stop.clone(),
-        ));
+        background.spawn(run_registry(shared.clone(), leases.clone(), background_stop.clone()));
         let waker_stop = background_stop.child_token();
         background.spawn(run_waker(shared.clone(), arm_rx, woken.clone(), waker_stop.clone()));
+        let slots = shared.slots();
         info!(queue = %self.queue, partition, concurrency = slots, "worker started");
 
         let mut driver = Driver {
             shared: shared.clone(),
             handlers: self.handlers.clone(),
-            concurrency: slots,
             job_timeout: self.job_timeout,
             drain_timeout: self.drain_timeout,
             jobs: JoinSet::new(),

@@ -42,6 +42,7 @@ async fn setup() -> (tally_testkit::TestRedis, Arc<Shared>) {
         events: Arc::new(NoEvents),
         counters: super::Counters::default(),
         worker_id: "test".to_owned(),
+        slots: Arc::default(),
     });
     (redis, shared)
 }
