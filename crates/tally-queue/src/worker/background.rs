@@ -85,7 +85,11 @@ pub(super) async fn run_waker(
 /// the attempts whose claim is no longer current.
 pub(super) async fn run_heartbeat(shared: Arc<Shared>, leases: LeaseTable, stop: CancellationToken) {
     let config = shared.client.config().clone();
-    let mut tick = tokio::time::interval(config.heartbeat_interval());
+    // The first beat one period in, not at once: a lease just handed out
+    // needs no extension (and an extension racing the claim that made it
+    // would only push an operator's or a test's expiry back).
+    let period = config.heartbeat_interval();
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
