@@ -5,7 +5,10 @@
 //! then looks at the payload. Each step has its own [`EnvelopeError`] so the
 //! dead set can say exactly why a job was refused.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
 use crate::{Job, JobPolicy};
 
@@ -78,6 +81,77 @@ pub enum EnvelopeError {
     Encode(serde_json::Error),
 }
 
+/// An envelope read for running it: one JSON pass over the stored bytes,
+/// strings borrowed from them where they need no unescaping, the payload
+/// left as raw JSON until the handler's type decodes it
+/// ([`EnvelopeRef::payload_as`]). What a worker uses on every job; the
+/// owned [`Envelope`] is for building and inspecting envelopes.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EnvelopeRef<'a> {
+    /// Envelope version.
+    pub v: u32,
+    /// Job id.
+    #[serde(borrow)]
+    pub id: Cow<'a, str>,
+    /// Job type name.
+    #[serde(borrow)]
+    pub kind: Cow<'a, str>,
+    /// Queue name.
+    #[serde(borrow)]
+    pub queue: Cow<'a, str>,
+    /// The payload's JSON text, not yet decoded.
+    #[serde(borrow)]
+    pub payload: &'a RawValue,
+    /// Retry, timeout and priority policy.
+    pub policy: JobPolicy,
+    /// When the job was first enqueued, in milliseconds since the Unix epoch.
+    pub created_at_ms: u64,
+    /// Deduplication key, when the job has one.
+    #[serde(default, borrow)]
+    pub dedup_key: Option<Cow<'a, str>>,
+    /// Trace context of the enqueuing span, when tracing is on.
+    #[serde(default)]
+    pub trace: Option<TraceContext>,
+}
+
+#[derive(Deserialize)]
+struct VersionOnly {
+    v: u32,
+}
+
+impl<'a> EnvelopeRef<'a> {
+    /// Decodes and version-checks an envelope, accepting and refusing
+    /// exactly what [`Envelope::decode`] does (an envelope of another
+    /// version is reported as such, whatever its other fields).
+    pub fn decode(bytes: &'a [u8]) -> Result<Self, EnvelopeError> {
+        match serde_json::from_slice::<Self>(bytes) {
+            Ok(envelope) if envelope.v == ENVELOPE_VERSION => Ok(envelope),
+            Ok(envelope) => Err(EnvelopeError::UnsupportedVersion { found: envelope.v }),
+            Err(err) => match serde_json::from_slice::<VersionOnly>(bytes) {
+                Ok(version) if version.v != ENVELOPE_VERSION => {
+                    Err(EnvelopeError::UnsupportedVersion { found: version.v })
+                }
+                _ => Err(EnvelopeError::Malformed(err)),
+            },
+        }
+    }
+
+    /// Decodes the payload as job type `J`, checking the kind first.
+    pub fn payload_as<J: Job>(&self) -> Result<J, EnvelopeError> {
+        if self.kind != J::KIND {
+            return Err(EnvelopeError::KindMismatch {
+                expected: J::KIND,
+                found: self.kind.clone().into_owned(),
+            });
+        }
+        serde_json::from_str(self.payload.get()).map_err(|source| EnvelopeError::BadPayload {
+            kind: self.kind.clone().into_owned(),
+            source,
+        })
+    }
+}
+
 impl std::fmt::Display for EnvelopeError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -128,10 +202,6 @@ impl Envelope {
     /// the other fields so a future envelope is reported as such, not as
     /// malformed.
     pub fn decode(bytes: &[u8]) -> Result<Self, EnvelopeError> {
-        #[derive(Deserialize)]
-        struct VersionOnly {
-            v: u32,
-        }
         let version: VersionOnly = serde_json::from_slice(bytes).map_err(EnvelopeError::Malformed)?;
         if version.v != ENVELOPE_VERSION {
             return Err(EnvelopeError::UnsupportedVersion { found: version.v });

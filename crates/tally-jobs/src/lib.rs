@@ -17,7 +17,7 @@ pub mod football;
 pub mod policy;
 pub mod schema;
 
-pub use envelope::{ENVELOPE_VERSION, Envelope, EnvelopeError, TraceContext};
+pub use envelope::{ENVELOPE_VERSION, Envelope, EnvelopeError, EnvelopeRef, TraceContext};
 pub use football::{CalculatePoints, RefreshScope, RefreshViews, RepairPipeline, ScoreMatch};
 pub use policy::{Backoff, BackoffKind, JobPolicy, Priority};
 

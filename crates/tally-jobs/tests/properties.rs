@@ -1,9 +1,10 @@
 //! Property tests of the envelope decoder and the backoff: whatever bytes
 //! another producer writes, decoding returns an error instead of panicking,
-//! and every envelope tally writes decodes to itself.
+//! every envelope tally writes decodes to itself, and the worker's one-pass
+//! decoder agrees with it.
 
 use proptest::prelude::*;
-use tally_jobs::{Backoff, BackoffKind, Envelope, JobPolicy, Priority, TraceContext};
+use tally_jobs::{Backoff, BackoffKind, Envelope, EnvelopeError, EnvelopeRef, JobPolicy, Priority, TraceContext};
 
 fn priority() -> impl Strategy<Value = Priority> {
     prop_oneof![Just(Priority::High), Just(Priority::Normal), Just(Priority::Low)]
@@ -86,8 +87,61 @@ fn envelope() -> impl Strategy<Value = Envelope> {
         )
 }
 
+/// The worker's one-pass decoder ([`EnvelopeRef`]) accepts what
+/// [`Envelope::decode`] accepts, with the same fields, and refuses what it
+/// refuses, for the same reason.
+fn decoders_agree(bytes: &[u8]) -> Result<(), TestCaseError> {
+    match (Envelope::decode(bytes), EnvelopeRef::decode(bytes)) {
+        (Ok(owned), Ok(borrowed)) => {
+            prop_assert_eq!(owned.v, borrowed.v);
+            prop_assert_eq!(&owned.id, &borrowed.id);
+            prop_assert_eq!(&owned.kind, &borrowed.kind);
+            prop_assert_eq!(&owned.queue, &borrowed.queue);
+            prop_assert_eq!(owned.policy, borrowed.policy);
+            prop_assert_eq!(owned.created_at_ms, borrowed.created_at_ms);
+            prop_assert_eq!(owned.dedup_key.as_deref(), borrowed.dedup_key.as_deref());
+            prop_assert_eq!(&owned.trace, &borrowed.trace);
+            let payload: serde_json::Value = serde_json::from_str(borrowed.payload.get()).expect("raw payload is JSON");
+            prop_assert_eq!(owned.payload, payload);
+        }
+        (Err(EnvelopeError::UnsupportedVersion { found: a }), Err(EnvelopeError::UnsupportedVersion { found: b })) => {
+            prop_assert_eq!(a, b);
+        }
+        (Err(EnvelopeError::Malformed(_)), Err(EnvelopeError::Malformed(_))) => {}
+        (owned, borrowed) => prop_assert!(false, "Envelope: {owned:?}, EnvelopeRef: {borrowed:?}"),
+    }
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn the_workers_decoder_agrees_with_the_envelope_on_any_input(
+        envelope in envelope(),
+        value in json(),
+        bytes in prop::collection::vec(any::<u8>(), 0..256),
+        cut in any::<prop::sample::Index>(),
+        junk in prop::collection::vec(any::<u8>(), 0..8),
+    ) {
+        let encoded = envelope.encode().into_bytes();
+        decoders_agree(&encoded)?;
+        decoders_agree(value.to_string().as_bytes())?;
+        decoders_agree(&bytes)?;
+        let mut damaged = encoded.clone();
+        let at = cut.index(damaged.len() + 1);
+        damaged.splice(at..at, junk);
+        decoders_agree(&damaged)?;
+        damaged.truncate(at);
+        decoders_agree(&damaged)?;
+        // Another version with the same fields, and a payload left out.
+        let mut other = serde_json::to_value(&envelope).expect("value");
+        other["v"] = serde_json::json!(2);
+        decoders_agree(other.to_string().as_bytes())?;
+        other["v"] = serde_json::json!(1);
+        other.as_object_mut().expect("object").remove("payload");
+        decoders_agree(other.to_string().as_bytes())?;
+    }
 
     #[test]
     fn arbitrary_bytes_never_panic_the_decoder(bytes in prop::collection::vec(any::<u8>(), 0..512)) {

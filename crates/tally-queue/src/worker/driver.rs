@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
 use futures::stream::FuturesUnordered;
-use tally_jobs::Envelope;
+use tally_jobs::EnvelopeRef;
 use tokio::sync::{Notify, watch};
 use tokio::task::{Id as TaskId, JoinError, JoinSet};
 use tokio_util::sync::CancellationToken;
@@ -336,19 +336,19 @@ impl Driver {
             );
             return;
         };
-        let envelope = match Envelope::decode(bytes) {
+        let envelope = match EnvelopeRef::decode(bytes) {
             Ok(envelope) => envelope,
             Err(err) => {
                 self.bury(&job, None, format!("bad envelope: {err}"));
                 return;
             }
         };
-        let Some(handler) = self.handlers.get(envelope.kind.as_str()) else {
+        let Some(handler) = self.handlers.get(envelope.kind.as_ref()) else {
             let reason = format!(
                 "unknown job kind {:?}: no handler registered for it on queue {:?}",
                 envelope.kind, self.shared.queue
             );
-            self.bury(&job, Some(envelope.kind), reason);
+            self.bury(&job, Some(envelope.kind.into_owned()), reason);
             return;
         };
         let timeout = self
@@ -356,7 +356,7 @@ impl Driver {
             .unwrap_or(Duration::from_millis(envelope.policy.timeout_ms.max(1)));
         let ctx = JobContext {
             id: job.id.clone(),
-            kind: envelope.kind.clone(),
+            kind: envelope.kind.clone().into_owned(),
             queue: self.shared.queue.clone(),
             attempt: job.attempt,
             token: job.token,
@@ -371,7 +371,7 @@ impl Driver {
         let future = match handler.start(&envelope, ctx) {
             Ok(future) => future,
             Err(err) => {
-                self.bury(&job, Some(envelope.kind), err.to_string());
+                self.bury(&job, Some(envelope.kind.into_owned()), err.to_string());
                 return;
             }
         };
@@ -382,7 +382,7 @@ impl Driver {
             Running {
                 id: job.id,
                 token: job.token,
-                kind: envelope.kind,
+                kind: envelope.kind.into_owned(),
                 attempt: job.attempt,
                 errors: job.errors,
                 policy: envelope.policy,

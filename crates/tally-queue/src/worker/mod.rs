@@ -31,7 +31,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tally_jobs::{Envelope, EnvelopeError, Job};
+use tally_jobs::{EnvelopeError, EnvelopeRef, Job};
 
 pub use context::{JobContext, JobError};
 pub(crate) use runtime::Shared;
@@ -47,7 +47,7 @@ type HandlerFuture = Pin<Box<dyn Future<Output = Result<(), JobError>> + Send>>;
 /// share one registry keyed by kind.
 trait ErasedHandler: Send + Sync {
     /// Decodes the payload as the handler's type and starts the handler.
-    fn start(&self, envelope: &Envelope, ctx: JobContext) -> Result<HandlerFuture, EnvelopeError>;
+    fn start(&self, envelope: &EnvelopeRef<'_>, ctx: JobContext) -> Result<HandlerFuture, EnvelopeError>;
 }
 
 struct TypedHandler<J, F> {
@@ -61,7 +61,7 @@ where
     F: Fn(J, JobContext) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<(), JobError>> + Send + 'static,
 {
-    fn start(&self, envelope: &Envelope, ctx: JobContext) -> Result<HandlerFuture, EnvelopeError> {
+    fn start(&self, envelope: &EnvelopeRef<'_>, ctx: JobContext) -> Result<HandlerFuture, EnvelopeError> {
         let job = envelope.payload_as::<J>()?;
         Ok(Box::pin((self.f)(job, ctx)))
     }
