@@ -29,9 +29,12 @@
 -- ARGV[5..] two per finished job to acknowledge first: id, token
 -- Returns: { ack statuses (1 completed, 0 stale token, 2 already finished;
 --          one per finished job), throttled (1 when the queue is paused or at
---          its limit while ready jobs may be left, else 0) }
---          followed by six per claimed job: id, envelope (nil when missing),
---          attempt, crashes, errors, token. Fewer jobs than asked means the ready
+--          its limit while ready jobs may be left, else 0) }, then, when
+--          jobs were claimed, the first token T and three per claimed job:
+--          id, envelope (nil when missing), and 0 for a job's first claim
+--          (attempt 1, no crashes or errors, token T + its position in the
+--          reply, 1 for the first job) or { attempt, crashes, errors, token }.
+--          Fewer jobs than asked means the ready
 --          lists are empty; the wake list is then cleared in the same atomic
 --          step, so a marker seen later always means new work.
 
@@ -40,15 +43,13 @@ local max = tonumber(ARGV[3])
 local start_now = tonumber(ARGV[4])
 local acks = complete_batch(KEYS[4], KEYS[5], KEYS[6], KEYS[10], 5)
 
--- Appends one claimed job to the reply (six values, see the header).
-local function emit(out, id, env, attempts, crashes, errors, token)
+-- Appends one claimed job to the reply (three values, see the header):
+-- `meta` is 0 for a first claim, else { attempt, crashes, errors, token }.
+local function emit(out, id, env, meta)
   local n = #out
   out[n + 1] = id
   out[n + 2] = env
-  out[n + 3] = attempts
-  out[n + 4] = crashes
-  out[n + 5] = errors
-  out[n + 6] = token
+  out[n + 3] = meta
 end
 local mode, request = string.match(ARGV[1], '^([nr]):(.+)$')
 local lease_ms = tonumber(ARGV[2])
@@ -59,7 +60,7 @@ if mode == 'r' then
     -- The same claim again: its jobs, as the script recorded them.
     local first_token, packed = string.match(string.sub(rec, #request + 2), '^(%d+):(.*)$')
     local recorded = cmsgpack.unpack(packed)
-    local out = { acks, 0 }
+    local out = { acks, 0, tonumber(first_token) }
     local expiry = tostring(now + lease_ms)
     for i, id in ipairs(recorded) do
       local tok = int(tonumber(first_token) + i)
@@ -67,7 +68,7 @@ if mode == 'r' then
       if holds_token(s, tok) then
         local st = parse_state(s)
         redis.call('ZADD', KEYS[6], 'XX', expiry, id)
-        emit(out, id, redis.call('HGET', KEYS[4], id), st.attempts, st.crashes, st.errors, st.token)
+        emit(out, id, redis.call('HGET', KEYS[4], id), { st.attempts, st.crashes, st.errors, st.token })
       end
     end
     return out
@@ -136,7 +137,7 @@ redis.call('SET', KEYS[7], int(first + #ids))
 local expiry = tostring(now + tonumber(ARGV[2]))
 local new_states = {}
 local leases = {}
-local out = { acks, throttled }
+local out = { acks, throttled, first }
 local HELD = { h = 'H', n = 'N', l = 'L' }
 for i, id in ipairs(ids) do
   local token = first + i
@@ -150,7 +151,7 @@ for i, id in ipairs(ids) do
     new_states[#new_states + 1] = int(token) .. ':1:0:0:' .. prio
     leases[#leases + 1] = expiry
     leases[#leases + 1] = id
-    emit(out, id, envs[i], 1, 0, 0, token)
+    emit(out, id, envs[i], 0)
   else
     local st = parse_state(states[i]) or { token = 0, attempts = 0, crashes = 0, errors = 0 }
     st.prio = prios[i]
@@ -168,7 +169,7 @@ for i, id in ipairs(ids) do
     new_states[#new_states + 1] = format_state(st)
     leases[#leases + 1] = expiry
     leases[#leases + 1] = id
-    emit(out, id, envs[i], st.attempts, st.crashes, st.errors, st.token)
+    emit(out, id, envs[i], { st.attempts, st.crashes, st.errors, st.token })
   end
 end
 call_unpacked('HSET', KEYS[5], new_states)

@@ -170,14 +170,24 @@ pub(crate) async fn claim_jobs<'a>(
         return Err(QueueError::Protocol("claim reply without its throttled flag".into()));
     };
     let throttled = redis::from_redis_value::<i64>(throttled)? == 1;
-    let mut jobs = Vec::with_capacity(values.len() / 6);
+    let first: u64 = match values.next() {
+        Some(first) => redis::from_redis_value(first)?,
+        None => 0,
+    };
+    let mut jobs = Vec::with_capacity(values.len() / 3);
     while let Some(id) = values.next() {
         let mut field = || {
             values
                 .next()
-                .ok_or_else(|| QueueError::Protocol("claim reply not a multiple of 6".into()))
+                .ok_or_else(|| QueueError::Protocol("claim reply not three values per job".into()))
         };
-        let (envelope, attempt, crashes, errors, token) = (field()?, field()?, field()?, field()?, field()?);
+        let (envelope, meta) = (field()?, field()?);
+        // 0: a first claim (attempt 1, token `first` + position); else the
+        // job's attempt, crashes, errors and token.
+        let (attempt, crashes, errors, token) = match meta {
+            Value::Int(0) => (1, 0, 0, first + jobs.len() as u64 + 1),
+            meta => redis::from_redis_value::<(u32, u32, u32, u64)>(meta)?,
+        };
         // Ids are bytes to Redis: one that is not UTF-8 (from another
         // producer) must harm only its own job, not the whole reply.
         let (id, bad_id) = match String::from_utf8(redis::from_redis_value::<Vec<u8>>(id)?) {
@@ -191,10 +201,10 @@ pub(crate) async fn claim_jobs<'a>(
             id,
             bad_id,
             envelope: redis::from_redis_value(envelope)?,
-            attempt: redis::from_redis_value(attempt)?,
-            crashes: redis::from_redis_value(crashes)?,
-            errors: redis::from_redis_value(errors)?,
-            token: redis::from_redis_value(token)?,
+            attempt,
+            crashes,
+            errors,
+            token,
             held: jobs.len() >= start_now,
         });
     }
