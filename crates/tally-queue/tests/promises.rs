@@ -51,7 +51,8 @@ fn echo_worker(client: &QueueClient, concurrency: usize, pause: Duration, prefet
 }
 
 /// PROTOCOL.md, "Claiming in batches": with handlers much faster than a
-/// round trip a worker claims ahead, at most four times its concurrency;
+/// round trip a worker claims ahead, at most four times its concurrency or
+/// 200;
 /// `prefetch(false)` turns it off; with slow handlers nothing is claimed
 /// ahead.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -64,8 +65,8 @@ async fn claiming_ahead_happens_for_fast_handlers_only_and_within_its_bound() {
         "no-op handlers: jobs claimed ahead: {fast:?}"
     );
     assert!(
-        fast.most_claimed_ahead <= CONCURRENCY * 4,
-        "at most 4x concurrency ahead: {fast:?}"
+        fast.most_claimed_ahead <= (CONCURRENCY * 4).max(200),
+        "at most 4x concurrency, or 200, ahead: {fast:?}"
     );
     let off = run_jobs(&client, echo_worker(&client, 2, Duration::ZERO, false), 2000).await;
     assert_eq!(off.most_claimed_ahead, 0, "prefetch(false): {off:?}");
@@ -73,6 +74,87 @@ async fn claiming_ahead_happens_for_fast_handlers_only_and_within_its_bound() {
     assert_eq!(
         slow.most_claimed_ahead, 0,
         "20 ms handlers: nothing claimed ahead: {slow:?}"
+    );
+}
+
+/// PROTOCOL.md, "Claiming in batches": jobs claimed ahead go back when the
+/// worker's slots are all taken by handlers slower than the estimate that
+/// claimed them, so another worker runs them instead of them waiting behind
+/// the slow ones. A worker of concurrency 2 learns that jobs are fast and
+/// claims ahead; then two slow jobs take both its slots for 5 s. A second
+/// worker, started then, runs all the fast jobs behind them while the slow
+/// ones still run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_held_behind_slow_handlers_go_back_for_other_workers() {
+    const FAST_BEFORE: u64 = 3000;
+    const SLOW: u64 = 2;
+    const FAST_AFTER: u64 = 300;
+    let (_server, client) = private_setup().await;
+    let slow_started = Arc::new(AtomicU64::new(0));
+    let handler = || {
+        let slow_started = slow_started.clone();
+        move |job: Echo, _ctx: JobContext| {
+            let slow_started = slow_started.clone();
+            async move {
+                if (FAST_BEFORE..FAST_BEFORE + SLOW).contains(&job.n) {
+                    slow_started.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                }
+                Ok(())
+            }
+        }
+    };
+    let first = Worker::builder(client.clone(), QUEUE)
+        .concurrency(2)
+        .handle(handler())
+        .build()
+        .expect("build");
+    let jobs: Vec<Echo> = (0..FAST_BEFORE + SLOW + FAST_AFTER).map(Echo::new).collect();
+    Producer::new(client.clone())
+        .enqueue_batch(&jobs)
+        .await
+        .expect("enqueue");
+    let admin = QueueAdmin::new(client.clone());
+    let first = spawn(first);
+    eventually(
+        "the slow jobs hold both slots of the first worker",
+        Duration::from_secs(30),
+        || async { slow_started.load(Ordering::SeqCst) == SLOW },
+    )
+    .await;
+    let second = spawn(
+        Worker::builder(client.clone(), QUEUE)
+            .concurrency(2)
+            .handle(handler())
+            .build()
+            .expect("build"),
+    );
+    eventually("every fast job done", Duration::from_secs(30), || async {
+        admin.stats(QUEUE).await.expect("stats").counters.completed >= FAST_BEFORE + FAST_AFTER
+    })
+    .await;
+    // The slow ones are still running: the fast ones did not wait for them.
+    let stats = admin.stats(QUEUE).await.expect("stats");
+    assert_eq!(
+        (stats.counters.completed, stats.in_flight, stats.ready),
+        (FAST_BEFORE + FAST_AFTER, SLOW, 0),
+        "{stats:?}"
+    );
+    eventually("the slow jobs done too", Duration::from_secs(30), || async {
+        admin.stats(QUEUE).await.expect("stats").counters.completed == FAST_BEFORE + FAST_AFTER + SLOW
+    })
+    .await;
+    let second = second.stop().await;
+    let first = first.stop().await;
+    assert!(
+        first.most_claimed_ahead > 0,
+        "the first worker claimed ahead: {first:?}"
+    );
+    assert!(first.requeued > 0, "it gave the held jobs back: {first:?}");
+    assert_eq!(
+        first.completed + second.completed,
+        FAST_BEFORE + FAST_AFTER + SLOW,
+        "{first:?} {second:?}"
     );
 }
 

@@ -638,7 +638,9 @@ async fn a_reclaimed_job_keeps_its_new_lease_when_the_stale_attempt_ends() {
 
 /// Item 7 of the hardening: at shutdown, jobs claimed ahead go back at once,
 /// not after the running handlers finish, so other workers can take them
-/// while a long job drains.
+/// while a long job drains. (Without a shutdown they go back too, once the
+/// slow job has kept the worker's one slot for 100 ms: see
+/// `promises.rs`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_claimed_ahead_go_back_at_once_while_a_long_job_drains() {
     const SLOW: u64 = 200;
@@ -670,21 +672,6 @@ async fn jobs_claimed_ahead_go_back_at_once_while_a_long_job_drains() {
         .expect("the slow job started")
         .expect("started");
     let admin = QueueAdmin::new(client.clone());
-    // Leased now: the slow job and the jobs claimed ahead, once the jobs
-    // finished just before it are acknowledged (in a few milliseconds).
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let (mut held, mut since) = (u64::MAX, Instant::now());
-    loop {
-        let leased = admin.stats(QUEUE).await.expect("stats").in_flight;
-        if leased != held {
-            (held, since) = (leased, Instant::now());
-        } else if since.elapsed() >= Duration::from_millis(100) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the leases never settled (hang guard)");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(held >= 2, "no-op handlers make the worker claim ahead: {held} leased");
     let stopping = tokio::spawn(running.stop());
     eventually("jobs claimed ahead are back", Duration::from_secs(2), || async {
         admin.stats(QUEUE).await.expect("stats").in_flight == 1
@@ -692,8 +679,15 @@ async fn jobs_claimed_ahead_go_back_at_once_while_a_long_job_drains() {
     .await;
     assert!(!stopping.is_finished(), "the slow job still drains");
     let report = stopping.await.expect("stop");
-    assert_eq!(report.requeued, held - 1);
+    assert!(
+        report.most_claimed_ahead >= 1,
+        "no-op handlers make the worker claim ahead: {report:?}"
+    );
+    assert!(report.requeued >= 1, "the jobs claimed ahead went back: {report:?}");
     let stats = admin.stats(QUEUE).await.expect("stats");
     assert_eq!(stats.in_flight, 0);
     assert_eq!(stats.ready + stats.counters.completed, 400);
+    // The jobs finished before the slow one were acknowledged before it
+    // ended: none of their leases lapsed while it drained.
+    assert_eq!((stats.counters.recovered, report.stale), (0, 0), "{stats:?} {report:?}");
 }

@@ -58,6 +58,10 @@ pub(super) struct Driver {
     pub(super) rtt_us: Ewma,
     /// Recent handler duration, µs.
     pub(super) handler_us: Ewma,
+    /// When a job last left the buffer for a slot (or the buffer was
+    /// empty): jobs held longer than `HOLD_LIMIT` without one starting are
+    /// given back.
+    pub(super) buffer_moved: tokio::time::Instant,
 }
 
 /// Bound of claiming ahead, in multiples of the concurrency. Claimed-ahead
@@ -65,6 +69,18 @@ pub(super) struct Driver {
 /// round trip cause any), so a few times the concurrency is harmless and
 /// makes each script call carry a bigger batch.
 pub(super) const MAX_AHEAD_FACTOR: usize = 4;
+
+/// The bound of claiming ahead is never below this, so that a worker of
+/// low concurrency with very fast handlers still claims in batches big
+/// enough to amortise a script call (a worker of concurrency 5 would
+/// otherwise carry about 10 jobs a call; at 50, about 100).
+const MIN_AHEAD_BOUND: usize = 200;
+
+/// Longest the buffer of jobs claimed ahead may go without a job leaving it
+/// for a slot (every slot taken by handlers slower than the estimate that
+/// claimed them). Then the held jobs go back to the head of their ready
+/// list, without spending an attempt, for other workers to take.
+const HOLD_LIMIT: Duration = Duration::from_millis(100);
 
 /// Longest a finished job's acknowledgement waits to join a bigger batch
 /// (its lease stays in Redis meanwhile; a worker killed now would see it run
@@ -251,6 +267,11 @@ impl Driver {
                     ack_by = None;
                     self.flush_completions();
                 }
+                () = tokio::time::sleep_until(self.buffer_moved + HOLD_LIMIT), if !self.buffer.is_empty() => {
+                    if self.buffer_moved.elapsed() >= HOLD_LIMIT {
+                        self.give_back_held().await;
+                    }
+                }
             }
         }
     }
@@ -275,7 +296,7 @@ impl Driver {
             return 0;
         };
         let ahead = (self.concurrency() as f64 * rtt / handler.max(1.0)).floor();
-        (ahead as usize).min(self.ahead_of * MAX_AHEAD_FACTOR)
+        (ahead as usize).min((self.ahead_of * MAX_AHEAD_FACTOR).max(MIN_AHEAD_BOUND))
     }
 
     /// Takes a claimed job: leased from now on, so the heartbeat covers it
@@ -296,17 +317,37 @@ impl Driver {
     /// Starts buffered jobs while slots are free, the ones Redis was told
     /// start at once first.
     fn fill_slots(&mut self) {
+        let held = self.buffer.len();
         while self.by_task.len() < self.concurrency() {
             let Some((job, cancel)) = self.starting.pop_front().or_else(|| self.buffer.pop_front()) else {
                 break;
             };
             self.start(job, cancel);
         }
+        if self.buffer.len() < held || self.buffer.is_empty() {
+            self.buffer_moved = tokio::time::Instant::now();
+        }
         let waiting = (self.starting.len() + self.buffer.len()) as u64;
         self.shared
             .counters
             .most_claimed_ahead
             .fetch_max(waiting, Ordering::Relaxed);
+    }
+
+    /// Puts the jobs held in the buffer back at the head of their ready
+    /// lists (as the drain does), for other workers to take: this worker's
+    /// slots are all taken by handlers slower than the estimate that claimed
+    /// them. The estimate is reset so that claiming ahead starts afresh.
+    async fn give_back_held(&mut self) {
+        let jobs: Vec<(String, u64)> = self.buffer.drain(..).map(|(job, _)| (job.id, job.token)).collect();
+        for (id, token) in &jobs {
+            self.forget_lease(id, *token);
+        }
+        debug!(queue = %self.shared.queue, held = jobs.len(), "slots busy past the hold limit: giving held jobs back");
+        self.handler_us = Ewma::default();
+        let patience = self.shared.client.config().command_timeout * 2;
+        requeue(&self.shared, &jobs, patience).await;
+        self.buffer_moved = tokio::time::Instant::now();
     }
 
     fn forget_lease(&self, id: &str, token: u64) {
@@ -529,6 +570,10 @@ impl Driver {
             requeue(&self.shared, &to_requeue, config.command_timeout * 2).await;
             to_requeue.clear();
         }
+        // Finished jobs waiting to join a bigger acknowledgement go now: the
+        // heartbeat no longer covers their leases, which must not lapse
+        // while a long job drains (the reaper would run them again).
+        self.flush_completions();
         // The heartbeat keeps the running jobs' leases alive until they end
         // or are put back below.
         let deadline = tokio::time::Instant::now() + self.drain_timeout;

@@ -304,6 +304,7 @@ impl Worker {
             ahead_of: self.concurrency.max(slots),
             rtt_us: Ewma::default(),
             handler_us: Ewma::default(),
+            buffer_moved: tokio::time::Instant::now(),
         };
         let in_flight = driver.run(stop.cancelled(), &woken, &arm_tx).await;
         waker_stop.cancel();
