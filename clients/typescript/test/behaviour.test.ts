@@ -51,8 +51,9 @@ async function claim(producer: TallyProducer, queue: string, max: number): Promi
   ];
   const reply = (await client.eval(CLAIM, keys.length, ...keys, `n:req-${claims}`, 60_000, max, max)) as unknown[];
   const out = [];
-  // The first element holds the acknowledgements (none here), the second the throttled flag.
-  for (let i = 2; i + 6 <= reply.length; i += 6) {
+  // The acknowledgements (none here), the throttled flag, the first token
+  // (when jobs were claimed), then three values per job: id, envelope, meta.
+  for (let i = 3; i + 3 <= reply.length; i += 3) {
     const envelope = JSON.parse(String(reply[i + 1])) as { id: string; payload: Record<string, unknown> };
     out.push(envelope);
   }
