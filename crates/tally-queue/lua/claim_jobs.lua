@@ -172,6 +172,7 @@ for i, id in ipairs(ids) do
     emit(out, id, envs[i], { st.attempts, st.crashes, st.errors, st.token })
   end
 end
+keep_hashtable(KEYS[5])
 call_unpacked('HSET', KEYS[5], new_states)
 call_unpacked('ZADD', KEYS[6], leases)
 if mode then
