@@ -132,24 +132,13 @@ pub struct DeadJob {
 /// The controls of a queue from those of its partitions: paused when every one is
 /// (a pause is written to all), limited by the sum of the shares.
 fn combine_controls(parts: impl Iterator<Item = QueueControl>) -> QueueControl {
-    let mut parts = parts.peekable();
-    let any = parts.peek().is_some();
-    let combined = parts.fold(
-        QueueControl {
-            paused: true,
-            limit: None,
-        },
-        |total, part| QueueControl {
-            paused: total.paused && part.paused,
-            limit: match (total.limit, part.limit) {
-                (None, None) => None,
-                (a, b) => Some(a.unwrap_or(0) + b.unwrap_or(0)),
-            },
-        },
-    );
+    let parts: Vec<QueueControl> = parts.collect();
     QueueControl {
-        paused: any && combined.paused,
-        ..combined
+        paused: !parts.is_empty() && parts.iter().all(|part| part.paused),
+        limit: parts.iter().fold(None, |total, part| match (total, part.limit) {
+            (None, None) => None,
+            (a, b) => Some(a.unwrap_or(0) + b.unwrap_or(0)),
+        }),
     }
 }
 

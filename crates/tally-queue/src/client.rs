@@ -254,6 +254,21 @@ impl QueueClient {
         }
     }
 
+    /// Takes the short-lived lock `key` for `owner` (`SET NX PX`) unless
+    /// someone holds it; whether it was taken. The reaper's and the
+    /// partitioning lock.
+    pub(crate) async fn try_lock(&self, key: &str, owner: &str, ttl: Duration) -> Result<bool, QueueError> {
+        let taken: Option<String> = redis::cmd("SET")
+            .arg(key)
+            .arg(owner)
+            .arg("NX")
+            .arg("PX")
+            .arg(crate::clock::millis(ttl))
+            .query_async(&mut self.conn())
+            .await?;
+        Ok(taken.is_some())
+    }
+
     /// A client for a pub/sub connection; `attempt` picks another seed node
     /// of a cluster each time, so a dead node is passed over.
     pub(crate) fn pubsub_client(&self, attempt: usize) -> &Client {

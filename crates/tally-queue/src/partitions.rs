@@ -216,17 +216,12 @@ impl QueueAdmin {
     async fn lock_partitioning(&self, queue: &str, keys0: &QueueKeys) -> Result<String, QueueError> {
         let token = uuid::Uuid::new_v4().simple().to_string();
         let deadline = Instant::now() + PARTITIONING_LOCK + PARTITIONING_LOCK / 5;
-        let mut conn = self.client.conn();
         loop {
-            let taken: Option<String> = redis::cmd("SET")
-                .arg(keys0.partitioning_lock())
-                .arg(&token)
-                .arg("NX")
-                .arg("PX")
-                .arg(PARTITIONING_LOCK.as_millis() as u64)
-                .query_async(&mut conn)
-                .await?;
-            if taken.is_some() {
+            if self
+                .client
+                .try_lock(&keys0.partitioning_lock(), &token, PARTITIONING_LOCK)
+                .await?
+            {
                 return Ok(token);
             }
             if Instant::now() > deadline {

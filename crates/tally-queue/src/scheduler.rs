@@ -158,18 +158,13 @@ pub(crate) async fn run_reaper(shared: Arc<Shared>, stop: CancellationToken) {
             () = stop.cancelled() => return,
             () = tokio::time::sleep(delay) => {}
         }
-        let mut conn = shared.client.conn();
-        let locked: Result<Option<String>, _> = redis::cmd("SET")
-            .arg(shared.keys.reaper_lock())
-            .arg(&owner)
-            .arg("NX")
-            .arg("PX")
-            .arg(millis(interval))
-            .query_async(&mut conn)
-            .await;
-        match locked {
-            Ok(Some(_)) => {}
-            Ok(None) => continue,
+        match shared
+            .client
+            .try_lock(&shared.keys.reaper_lock(), &owner, interval)
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => continue,
             Err(err) => {
                 debug!(queue = %shared.queue, error = %err, "reaper lock failed");
                 continue;

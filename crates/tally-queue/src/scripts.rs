@@ -438,7 +438,7 @@ pub(crate) async fn raise_partitions(
     count: u32,
 ) -> Result<(Option<u32>, u32), QueueError> {
     let mut invocation = RAISE_PARTITIONS.key(control);
-    invocation.arg(count);
+    invocation.arg(count).arg(crate::MAX_PARTITIONS);
     let mut conn = client.conn();
     let (before, now): (i64, i64) = invocation.invoke_async(&mut conn).await?;
     let now = u32::try_from(now).map_err(|_| QueueError::Protocol(format!("partition count {now} from Redis")))?;

@@ -190,14 +190,15 @@ pub(super) async fn report_failure(
     }
 }
 
-/// Puts unfinished attempts back at the head of their ready list.
-pub(super) async fn requeue(shared: &Arc<Shared>, jobs: &[(String, u64)], patience: Duration) {
+/// Puts unfinished attempts back at the head of their ready list; `why`
+/// names the occasion in logs ("requeue at shutdown").
+pub(super) async fn requeue(shared: &Arc<Shared>, why: &str, jobs: &[(String, u64)], patience: Duration) {
     let keys = &shared.keys;
-    let reply = with_retries(shared, "requeue at shutdown", patience, || {
+    let reply = with_retries(shared, why, patience, || {
         scripts::requeue_jobs(&shared.client, keys, jobs)
     })
     .await;
     let moved = reply.map_or(0, |r| r.iter().filter(|s| **s == 1).count()) as u64;
     shared.counters.requeued.fetch_add(moved, Ordering::Relaxed);
-    info!(queue = %shared.queue, requeued = moved, of = jobs.len(), "unfinished jobs put back at the head of the queue");
+    info!(queue = %shared.queue, requeued = moved, of = jobs.len(), why, "unfinished jobs put back at the head of the queue");
 }

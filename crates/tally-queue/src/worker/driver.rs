@@ -343,10 +343,9 @@ impl Driver {
         for (id, token) in &jobs {
             self.forget_lease(id, *token);
         }
-        debug!(queue = %self.shared.queue, held = jobs.len(), "slots busy past the hold limit: giving held jobs back");
         self.handler_us = Ewma::default();
         let patience = self.shared.client.config().command_timeout * 2;
-        requeue(&self.shared, &jobs, patience).await;
+        requeue(&self.shared, "requeue of held jobs behind busy slots", &jobs, patience).await;
         self.buffer_moved = tokio::time::Instant::now();
     }
 
@@ -567,7 +566,13 @@ impl Driver {
             for (id, token) in &to_requeue {
                 self.forget_lease(id, *token);
             }
-            requeue(&self.shared, &to_requeue, config.command_timeout * 2).await;
+            requeue(
+                &self.shared,
+                "requeue at shutdown",
+                &to_requeue,
+                config.command_timeout * 2,
+            )
+            .await;
             to_requeue.clear();
         }
         // Finished jobs waiting to join a bigger acknowledgement go now: the
@@ -606,6 +611,7 @@ impl Driver {
         if !to_requeue.is_empty() {
             requeue(
                 &self.shared,
+                "requeue at shutdown",
                 &to_requeue,
                 config.drain_timeout.max(Duration::from_secs(5)),
             )

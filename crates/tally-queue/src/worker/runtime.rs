@@ -167,6 +167,8 @@ impl Worker {
         let mut shares: Vec<Arc<AtomicUsize>> = Vec::new();
         let mut lanes = FuturesUnordered::new();
         let mut watch = std::pin::pin!(self.next_count(&stop));
+        // The count Redis last gave when it was below ours (warned once).
+        let mut lower_seen = None;
         loop {
             if (shares.len() as u32) < partitions {
                 if partitions as usize > self.concurrency {
@@ -206,8 +208,9 @@ impl Worker {
                             info!(queue = %self.queue, from = partitions, to = count, "partitions added; starting their lanes");
                             partitions = count;
                         }
-                        Some(count) if count < partitions => {
+                        Some(count) if count < partitions && lower_seen != Some(count) => {
                             warn!(queue = %self.queue, from = partitions, to = count, "the partition count went down; still serving every partition");
+                            lower_seen = Some(count);
                         }
                         _ => {}
                     }
